@@ -1,0 +1,273 @@
+"""The local stack behind `ttrain up / down / ps`: Temporal dev server, Ray head, one worker per task queue.
+
+Each process is started as the real binary (not through a shell) in its own session, so the pid recorded in
+`$TTRAIN_HOME/run/<name>.pid` is the process to signal, and it outlives the CLI that started it. `up` is idempotent:
+it starts only what is not alive. Everything binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchestration.settings import Settings
+
+WORKER_QUEUES = ("training", "orchestration")
+
+
+@dataclass
+class Service:
+    name: str
+    pid: int | None
+    alive: bool
+    detail: str = ""
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.home / "run"
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return run_dir(settings) / f"{name}.pid"
+
+
+def read_pid(settings: Settings, name: str) -> int | None:
+    try:
+        return int(_pid_file(settings, name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    _pid_file(settings, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int]:
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+def _wait(check, what: str, timeout: float, pid: int | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and not pid_alive(pid):
+            raise RuntimeError(f"{what} exited during start-up; see its log under $TTRAIN_HOME/logs")
+        time.sleep(0.25)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def ray_jobs_api_up(settings: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(f"{settings.ray_dashboard_url}/api/version", timeout=2) as r:
+            return r.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401  # answering, and asking for the token: up
+    except OSError:
+        return False
+
+
+def ray_auth_env() -> dict[str, str]:
+    """Ray's token authentication stays on. Ray's own processes read the token from its default place
+    (`~/.ray/auth_token`, what `ray get-auth-token --generate` writes), so the stack makes sure one is there."""
+    if {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
+        return {"RAY_AUTH_MODE": "token"}
+    token = Path.home() / ".ray" / "auth_token"
+    if not token.exists():
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token"}
+
+
+def _bin(name: str) -> str:
+    """Prefer the binary installed next to this interpreter (the virtualenv's `temporal`, `ray`)."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def start_temporal(settings: Settings) -> int:
+    host, port = _host_port(settings.temporal_address, 7233)
+    pid = _spawn(
+        settings,
+        "temporal",
+        [
+            _bin("temporal"),
+            "server",
+            "start-dev",
+            "--ip",
+            host,
+            "--port",
+            str(port),
+            "--ui-port",
+            str(port + 1000),
+            "--db-filename",
+            str(settings.home / "temporal.db"),
+            "--log-level",
+            "warn",
+        ],
+    )
+    _wait(lambda: port_open(host, port), "Temporal dev server", 60, pid)
+    return pid
+
+
+def ray_temp_dir(settings: Settings) -> str:
+    """Ray's socket paths must stay short: one temp dir per state dir, under /tmp."""
+    return f"/tmp/ttrain-ray-{hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]}"
+
+
+def start_ray(settings: Settings, num_cpus: int | None = None, resources: dict | None = None) -> int:
+    host, dashboard_port = _host_port(settings.ray_address, 8265)
+    gcs_port = int(os.environ.get("TTRAIN_RAY_GCS_PORT", "6379"))
+    argv = [
+        _bin("ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={host}",
+        f"--port={gcs_port}",
+        "--include-dashboard=true",
+        f"--dashboard-host={host}",
+        f"--dashboard-port={dashboard_port}",
+        f"--temp-dir={ray_temp_dir(settings)}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        argv.append(f"--num-cpus={num_cpus}")
+    if resources:
+        argv.append(f"--resources={json.dumps(resources)}")
+    # `python` in a job's entrypoint must be this environment's interpreter
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    pid = _spawn(settings, "ray", argv, env)
+    _wait(lambda: ray_jobs_api_up(settings), "Ray head (Jobs API)", 120, pid)
+    return pid
+
+
+def start_worker(settings: Settings, queue: str, index: int = 0) -> int:
+    name = f"worker-{queue}" if index == 0 else f"worker-{queue}-{index}"
+    return _spawn(
+        settings, name, [sys.executable, "-m", "orchestration.cli", "worker", "--queue", queue], _env(settings)
+    )
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    """What a worker needs to find the same servers and storage as the CLI that started it."""
+    return {
+        "TTRAIN_HOME": str(settings.home),
+        "TEMPORAL_ADDRESS": settings.temporal_address,
+        "TTRAIN_RAY_ADDRESS": settings.ray_address,
+        "TTRAIN_STORAGE": settings.storage_uri,
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        **ray_auth_env(),
+    }
+
+
+def up(settings: Settings, start_ray_head: bool = True, start_temporal_server: bool = True) -> list[str]:
+    """Start whatever is not alive; returns the names started."""
+    started = []
+    if start_temporal_server and not pid_alive(read_pid(settings, "temporal")):
+        start_temporal(settings)
+        started.append("temporal")
+    if start_ray_head and not pid_alive(read_pid(settings, "ray")):
+        start_ray(settings)
+        started.append("ray")
+    for queue in WORKER_QUEUES:
+        if not pid_alive(read_pid(settings, f"worker-{queue}")):
+            start_worker(settings, queue)
+            started.append(f"worker-{queue}")
+    return started
+
+
+def stop(settings: Settings, name: str, timeout: float = 30) -> bool:
+    """SIGTERM, then SIGKILL after `timeout`; the process group goes too (Ray's --block head takes its children)."""
+    pid = read_pid(settings, name)
+    stopped = False
+    if pid_alive(pid):
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not pid_alive(pid):
+                break
+        stopped = True
+    _pid_file(settings, name).unlink(missing_ok=True)
+    return stopped
+
+
+def known_services(settings: Settings) -> list[str]:
+    names = [p.stem for p in run_dir(settings).glob("*.pid")] if run_dir(settings).exists() else []
+    order = {"worker": 0, "ray": 1, "temporal": 2}  # stop workers before the servers they talk to
+    return sorted(names, key=lambda n: (order.get(n.split("-")[0], 0), n))
+
+
+def down(settings: Settings) -> list[str]:
+    return [name for name in known_services(settings) if stop(settings, name)]
+
+
+def ps(settings: Settings) -> list[Service]:
+    services = []
+    for name in sorted(known_services(settings)):
+        pid = read_pid(settings, name)
+        detail = ""
+        if name == "temporal":
+            host, port = _host_port(settings.temporal_address, 7233)
+            detail = f"{settings.temporal_address}  UI http://{host}:{port + 1000}"
+        elif name == "ray":
+            detail = f"dashboard {settings.ray_dashboard_url}"
+        services.append(Service(name, pid, pid_alive(pid), detail))
+    return services

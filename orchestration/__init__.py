@@ -1,0 +1,1 @@
+"""Everything Temporal: types, workflows, activities, workers, client helpers and the `ttrain` CLI."""

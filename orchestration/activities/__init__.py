@@ -1,0 +1,1 @@
+"""Activities hold all I/O: dataset snapshots, Ray jobs, checkpoint storage, model loading."""

@@ -1,0 +1,336 @@
+"""`ttrain`: the command line. Each subcommand is a thin layer over a workflow start, signal or query.
+
+Errors are one readable line on stderr and a non-zero exit; tracebacks are for bugs, not for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from datetime import datetime
+
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.service import RPCError
+
+from orchestration.client import connect
+from orchestration.config_loading import ConfigError, load_config
+from orchestration.settings import Settings
+from orchestration.types import (
+    InferenceRequest,
+    InferenceResult,
+    Progress,
+    RunOptions,
+    RunStatus,
+    TrainingRequest,
+    TrainingResult,
+)
+from orchestration.workflows.inference import InferenceWorkflow
+from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from ray_jobs.specs import FineTuneConfig
+
+DEMO_CONFIG = {
+    "num_hidden_layers": 3,
+    "dataset": {"max_rows": 4000},
+    "epochs": 1,
+    "batch_size": 16,
+    "lr": 1e-4,
+    "max_seq_length": 128,
+    "checkpoint_every_steps": 50,
+    "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 2}},
+}
+DEMO_TEXTS = [
+    "A warm, funny and beautifully acted film. I loved every minute of it.",
+    "Two hours of my life I will never get back: dull, loud and badly written.",
+    "The plot meanders, but the lead performance carries it to a moving finale.",
+]
+
+
+class CliError(RuntimeError):
+    pass
+
+
+def new_run_id(prefix: str = "ft") -> str:
+    return f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost failure message: what the user needs, not the chain of wrappers around it."""
+    while getattr(exc, "cause", None) is not None or exc.__cause__ is not None:
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return str(exc) or type(exc).__name__
+
+
+async def _client(settings: Settings) -> Client:
+    try:
+        return await connect(settings)
+    except RuntimeError as exc:
+        raise CliError(
+            f"cannot reach Temporal at {settings.temporal_address} ({exc}); is `ttrain up` running?"
+        ) from None
+
+
+async def live_progress(client: Client, handle: WorkflowHandle) -> Progress | None:
+    """The training activity's last heartbeat: the step between checkpoints, which the workflow does not store."""
+    desc = await handle.describe()
+    for pending in desc.raw_description.pending_activities:
+        if pending.heartbeat_details.payloads:
+            (details,) = await client.data_converter.decode(pending.heartbeat_details.payloads, [Progress])
+            return details
+    return None
+
+
+async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress | None]:
+    handle = client.get_workflow_handle(run_id)
+    try:
+        status = await handle.query(CheckpointedTrainingWorkflow.status)
+    except RPCError as exc:
+        raise CliError(f"run {run_id!r}: {exc.message}") from None
+    live = await live_progress(client, handle) if status.state == "training" else None
+    if live is not None and live.step > status.step:
+        status.step, status.total_steps = live.step, live.total_steps or status.total_steps
+    return status, live
+
+
+def status_json(status: RunStatus) -> dict:
+    return status.model_dump(mode="json")
+
+
+async def start_training(client: Client, settings: Settings, run_id: str, config: FineTuneConfig, **options):
+    req = TrainingRequest(
+        run_id=run_id,
+        config=config,
+        options=RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue, **options),
+    )
+    return await client.start_workflow(
+        CheckpointedTrainingWorkflow.run, req, id=run_id, task_queue=settings.orchestration_queue
+    )
+
+
+async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) -> TrainingResult:
+    """Poll the run's status into a progress bar until the workflow closes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    result_task = asyncio.ensure_future(handle.result())
+    with Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(handle.id, total=None, info="snapshotting")
+        while not result_task.done():
+            try:
+                status, live = await run_status(client, handle.id)
+                ckpt = status.latest_checkpoint.step if status.latest_checkpoint else "-"
+                loss = f"{live.loss:.4f}" if live and live.loss is not None else "-"
+                info = f"{status.state}  loss {loss}  ckpt {ckpt}  resumes {status.resumes}"
+                bar.update(task, completed=status.step, total=status.total_steps, info=info)
+            except (CliError, RPCError):
+                pass  # the orchestration worker may be restarting: keep waiting for the result
+            await asyncio.wait([result_task], timeout=1.0)
+        try:
+            result = result_task.result()
+        except WorkflowFailureError as exc:
+            raise CliError(f"run {handle.id} failed: {root_cause(exc)}") from None
+        bar.update(task, completed=result.steps, total=result.steps, info="completed")
+    return result
+
+
+def print_result(result: TrainingResult) -> None:
+    m = result.metrics
+    acc = f"  held-out accuracy {m['eval_accuracy']:.3f}" if "eval_accuracy" in m else ""
+    print(
+        f"run {result.run_id}: {result.steps} steps in {result.wall_time_s:.0f}s, final loss {m.get('loss', float('nan')):.4f},"
+        f" held-out loss {m.get('eval_loss', float('nan')):.4f}{acc}; {result.checkpoints} checkpoints,"
+        f" {result.resumes} resumes, {result.steps_recomputed} steps recomputed; snapshot {result.snapshot_id}"
+    )
+
+
+async def infer(client: Client, settings: Settings, req: InferenceRequest) -> InferenceResult:
+    try:
+        return await client.execute_workflow(
+            InferenceWorkflow.run,
+            req,
+            id=f"{req.run_id}-infer-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.orchestration_queue,
+        )
+    except WorkflowFailureError as exc:
+        raise CliError(f"inference on {req.run_id} failed: {root_cause(exc)}") from None
+
+
+async def cmd_train(args, settings: Settings) -> int:
+    config = load_config(args.config, args.set)
+    client = await _client(settings)
+    run_id = args.run_id or new_run_id()
+    options = {}
+    if args.heartbeat_timeout:
+        options["heartbeat_timeout_s"] = args.heartbeat_timeout
+    if args.stall_timeout:
+        options["stall_timeout_s"] = args.stall_timeout
+    handle = await start_training(client, settings, run_id, config, **options)
+    print(f"started run {run_id}", file=sys.stderr)
+    if args.detach:
+        print(run_id)
+        return 0
+    print_result(await follow(client, handle))
+    return 0
+
+
+async def cmd_status(args, settings: Settings) -> int:
+    status, _ = await run_status(await _client(settings), args.run_id)
+    if args.json:
+        print(json.dumps(status_json(status)))
+        return 0
+    print(f"run {status.run_id}: {status.state}, step {status.step}/{status.total_steps or '?'}")
+    print(f"  snapshot {status.snapshot_id}  ray job {status.ray_job_id}  resumes {status.resumes}")
+    for c in status.checkpoints:
+        print(f"  checkpoint step {c.step:>6}  loss {c.metrics.get('loss', float('nan')):.4f}  {c.uri}")
+    return 0
+
+
+async def cmd_infer(args, settings: Settings) -> int:
+    req = InferenceRequest(run_id=args.run_id, texts=args.texts, checkpoint_step=args.checkpoint)
+    result = await infer(await _client(settings), settings, req)
+    if args.json:
+        print(result.model_dump_json())
+        return 0
+    for p in result.predictions:
+        print(f"{p.label:>10}  {p.confidence:.3f}  {p.text}")
+    return 0
+
+
+async def cmd_demo(args, settings: Settings) -> int:
+    from cluster import local_stack
+
+    t0 = time.monotonic()
+    started = await asyncio.to_thread(local_stack.up, settings)
+    print(f"stack: started {', '.join(started) or 'nothing (already running)'} in {time.monotonic() - t0:.0f}s")
+    try:
+        config = load_config(None, args.set, base=DEMO_CONFIG)
+        client = await _client(settings)
+        run_id = new_run_id("demo")
+        print(
+            f"fine-tuning {config.model} ({config.num_hidden_layers} layers) on {config.dataset.path} "
+            f"({config.dataset.max_rows} rows), checkpoint every {config.checkpoint_every_steps} steps"
+        )
+        result = await follow(client, await start_training(client, settings, run_id, config))
+        preds = await infer(client, settings, InferenceRequest(run_id=run_id, texts=DEMO_TEXTS))
+        print("\nsummary")
+        print_result(result)
+        for c in (await run_status(client, run_id))[0].checkpoints:
+            print(f"  checkpoint step {c.step:>5}  loss {c.metrics.get('loss', float('nan')):.4f}  {c.uri}")
+        print(f"predictions (checkpoint step {preds.checkpoint_step}):")
+        for p in preds.predictions:
+            print(f"  {p.label:>8}  {p.confidence:.3f}  {p.text}")
+        print(f"demo finished in {time.monotonic() - t0:.0f}s")
+    finally:
+        for name in reversed(started):
+            await asyncio.to_thread(local_stack.stop, settings, name)
+    return 0
+
+
+def cmd_up(args, settings: Settings) -> int:
+    from cluster import local_stack
+
+    if args.temporal_address:
+        settings.temporal_address = args.temporal_address
+    if args.ray_address:
+        settings.ray_address = args.ray_address
+    settings.save_addresses()
+    started = local_stack.up(
+        settings, start_ray_head=not args.ray_address, start_temporal_server=not args.temporal_address
+    )
+    print(f"started: {', '.join(started) or 'nothing (all running)'}")
+    return cmd_ps(args, settings)
+
+
+def cmd_down(args, settings: Settings) -> int:
+    from cluster import local_stack
+
+    stopped = local_stack.down(settings)
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return 0
+
+
+def cmd_ps(args, settings: Settings) -> int:
+    from cluster import local_stack
+
+    for s in local_stack.ps(settings):
+        print(f"{s.name:<24} {'running' if s.alive else 'dead':<8} pid {s.pid or '-':<8} {s.detail}")
+    print(f"Temporal {settings.temporal_address}   Ray Jobs API {settings.ray_dashboard_url}")
+    return 0
+
+
+def cmd_worker(args, settings: Settings) -> int:
+    from orchestration.worker import run_worker
+
+    asyncio.run(run_worker(args.queue, settings))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ttrain", description="Durable, distributed model training.")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the local stack (Temporal dev server, Ray head, workers)")
+    up.add_argument("--ray-address", help="use this Ray cluster's Jobs API instead of starting a head")
+    up.add_argument("--temporal-address", help="use this Temporal server instead of starting a dev server")
+    sub.add_parser("down", help="stop what `up` started")
+    sub.add_parser("ps", help="show the local stack")
+    w = sub.add_parser("worker", help="run one Temporal worker in the foreground")
+    w.add_argument("--queue", choices=["training", "orchestration"], required=True)
+    t = sub.add_parser("train", help="start a checkpointed fine-tuning run")
+    t.add_argument("--config", help="YAML or JSON FineTuneConfig")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--run-id")
+    t.add_argument("--detach", action="store_true", help="print the run id and return")
+    t.add_argument("--heartbeat-timeout", type=float, help="seconds without a heartbeat before an attempt is retried")
+    t.add_argument("--stall-timeout", type=float, help="seconds without a new step before the Ray job is restarted")
+    s = sub.add_parser("status", help="a run's state, step and checkpoint ledger")
+    s.add_argument("run_id")
+    s.add_argument("--json", action="store_true")
+    i = sub.add_parser("infer", help="predict labels with a run's checkpoint")
+    i.add_argument("run_id")
+    i.add_argument("texts", nargs="+")
+    i.add_argument("--checkpoint", type=int, help="checkpoint step (default: the run's newest)")
+    i.add_argument("--json", action="store_true")
+    d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
+    return p
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "ps": cmd_ps,
+    "worker": cmd_worker,
+    "train": cmd_train,
+    "status": cmd_status,
+    "infer": cmd_infer,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings.from_env()
+    handler = COMMANDS[args.command]
+    try:
+        out = handler(args, settings)
+        return asyncio.run(out) if asyncio.iscoroutine(out) else out
+    except (CliError, ConfigError) as exc:
+        print(f"ttrain: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

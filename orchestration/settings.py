@@ -1,0 +1,54 @@
+"""Where the servers and storage are, read from the environment once: nothing about a deployment is hard-coded.
+
+Temporal's own connection settings (address, namespace, TLS, API key, profiles) come through the SDK's env-config
+(`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, `TEMPORAL_TLS_*`, `TEMPORAL_PROFILE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+ADDRESSES_FILE = "addresses.json"
+
+
+class Settings(BaseModel):
+    home: Path
+    temporal_address: str
+    ray_address: str
+    storage_uri: str
+    training_queue: str
+    orchestration_queue: str
+    ray_python: str
+    max_concurrent_trainings: int
+
+    @property
+    def ray_dashboard_url(self) -> str:
+        return self.ray_address if "://" in self.ray_address else f"http://{self.ray_address}"
+
+    def save_addresses(self) -> None:
+        """`ttrain up --temporal-address/--ray-address` is remembered for later commands in this state dir."""
+        (self.home / "run").mkdir(parents=True, exist_ok=True)
+        addresses = {"TEMPORAL_ADDRESS": self.temporal_address, "TTRAIN_RAY_ADDRESS": self.ray_address}
+        (self.home / "run" / ADDRESSES_FILE).write_text(json.dumps(addresses))
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("TTRAIN_HOME", ".ttrain")).expanduser().absolute()
+        saved = home / "run" / ADDRESSES_FILE
+        if saved.exists():  # the environment still wins over what `up` remembered
+            env = {**json.loads(saved.read_text()), **env}
+        return cls(
+            home=home,
+            temporal_address=env.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+            ray_address=env.get("TTRAIN_RAY_ADDRESS", "http://127.0.0.1:8265"),
+            storage_uri=env.get("TTRAIN_STORAGE", str(home / "storage")),
+            training_queue=env.get("TTRAIN_TRAINING_QUEUE", "ttrain-training"),
+            orchestration_queue=env.get("TTRAIN_ORCHESTRATION_QUEUE", "ttrain-orchestration"),
+            ray_python=env.get("TTRAIN_RAY_PYTHON", "python"),
+            max_concurrent_trainings=int(env.get("TTRAIN_MAX_CONCURRENT_TRAININGS", "4")),
+        )

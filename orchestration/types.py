@@ -1,0 +1,154 @@
+"""The pydantic models that cross Temporal boundaries: workflow and activity inputs, results, signals, queries.
+
+One input and one result model per workflow and activity. Imports neither torch nor ray: workflows use them
+inside Temporal's sandbox, and the pydantic data converter serializes them on both client and worker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ray_jobs.specs import FineTuneConfig, SnapshotManifest
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CheckpointInfo(Model):
+    """A committed Ray Train checkpoint, as the workflow's ledger knows it: enough to resume from anywhere."""
+
+    run_id: str
+    step: int
+    epoch: float
+    uri: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    content_hash: str
+    created_at: datetime
+    ray_job_id: str
+
+
+class DatasetSnapshot(Model):
+    snapshot_id: str
+    uri: str
+    manifest: SnapshotManifest
+    reused: bool
+
+
+class RunOptions(Model):
+    """How the run is driven, not what it trains: timeouts, retries, where checkpoints live, which queue trains."""
+
+    storage_uri: str
+    training_queue: str = "ttrain-training"
+    heartbeat_timeout_s: float = Field(default=30.0, ge=1.0)
+    stall_timeout_s: float = Field(default=600.0, ge=1.0, description="fail the attempt if the step stops advancing")
+    poll_interval_s: float = Field(default=2.0, gt=0.0)
+    max_attempts: int = Field(default=20, ge=1)
+
+
+class TrainingRequest(Model):
+    run_id: str
+    config: FineTuneConfig
+    options: RunOptions
+
+
+class SnapshotRequest(Model):
+    run_id: str
+    config: FineTuneConfig
+    storage_uri: str
+
+
+class TrainAttemptInput(Model):
+    """What one training activity attempt starts from; a retry may find a newer checkpoint than `resume_from`."""
+
+    run_id: str
+    config: FineTuneConfig
+    snapshot: DatasetSnapshot
+    options: RunOptions
+    resume_from: CheckpointInfo | None = None
+
+
+class AttemptStarted(Model):
+    """Signalled when an attempt submits or reattaches to a Ray job: the workflow counts resumes from these."""
+
+    ray_job_id: str
+    attempt: int
+    reattached: bool
+    resumed_from_step: int
+    steps_recomputed: int = 0
+    time_lost_s: float = 0.0
+
+
+class TrainAttemptResult(Model):
+    final_checkpoint: CheckpointInfo
+    total_steps: int
+    ray_job_id: str
+
+
+class TrainingResult(Model):
+    run_id: str
+    snapshot_id: str
+    steps: int
+    final_checkpoint: CheckpointInfo
+    metrics: dict[str, float]
+    checkpoints: int
+    resumes: int
+    steps_recomputed: int
+    time_lost_s: float
+    wall_time_s: float
+
+
+RunState = Literal["snapshotting", "training", "completed", "failed"]
+
+
+class RunStatus(Model):
+    run_id: str
+    state: RunState
+    step: int
+    total_steps: int | None
+    latest_checkpoint: CheckpointInfo | None
+    checkpoints: list[CheckpointInfo]
+    resumes: int
+    ray_job_id: str | None
+    snapshot_id: str | None
+    attempts: list[AttemptStarted]
+
+
+class Progress(Model):
+    """Heartbeat details: a retried attempt reads these to reattach to the job and to know where it had got to."""
+
+    ray_job_id: str
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+    latest_checkpoint: CheckpointInfo | None = None
+    updated_at: float = 0.0
+
+
+class InferenceRequest(Model):
+    run_id: str
+    texts: list[str] = Field(min_length=1)
+    text_pairs: list[str] | None = None
+    checkpoint_step: int | None = None
+
+
+class Prediction(Model):
+    text: str
+    label: str
+    confidence: float
+    scores: dict[str, float]
+
+
+class PredictInput(Model):
+    checkpoint: CheckpointInfo
+    texts: list[str]
+    text_pairs: list[str] | None = None
+
+
+class InferenceResult(Model):
+    run_id: str
+    checkpoint_step: int
+    predictions: list[Prediction]

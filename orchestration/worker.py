@@ -1,0 +1,57 @@
+"""Temporal workers, one per task queue: `training` drives Ray jobs, `orchestration` runs workflows and inference.
+
+The split lets training workers sit next to the GPU cluster and scale with it, while workflows and light CPU work
+run anywhere. Both use the pydantic data converter through `orchestration.client.connect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Literal
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from orchestration.client import connect
+from orchestration.settings import Settings
+
+Queue = Literal["training", "orchestration"]
+
+
+def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
+    if queue == "training":
+        from orchestration.activities.snapshot import create_snapshot
+        from orchestration.activities.training import TrainingActivities
+
+        return Worker(
+            client,
+            task_queue=settings.training_queue,
+            activities=[create_snapshot, TrainingActivities(settings).train],
+            max_concurrent_activities=settings.max_concurrent_trainings,
+        )
+    from orchestration.activities.inference import predict, resolve_checkpoint
+    from orchestration.workflows.inference import InferenceWorkflow
+    from orchestration.workflows.training import CheckpointedTrainingWorkflow
+
+    return Worker(
+        client,
+        task_queue=settings.orchestration_queue,
+        workflows=[CheckpointedTrainingWorkflow, InferenceWorkflow],
+        activities=[resolve_checkpoint, predict],
+    )
+
+
+async def run_worker(queue: Queue, settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    client = await connect(settings)
+    worker = build_worker(client, queue, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        logging.info("ttrain %s worker polling %s", queue, worker.task_queue)
+        await stop.wait()

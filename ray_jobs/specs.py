@@ -1,0 +1,101 @@
+"""The pydantic models a Ray job is started with.
+
+They cross the process boundary twice (CLI → workflow → activity → Ray job), so they are validated once, at the
+CLI, and every impossible value is refused there with a readable message, before any compute is spent.
+Imports neither torch nor ray nor temporalio: workflows import this module inside Temporal's sandbox.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_DATASET = "movie-reviews"
+# What a job tells the activity watching it: a line in its log for failures a rerun would repeat, and a small
+# progress file in its run directory (the step between checkpoints), both keyed to the job that wrote them.
+NONRETRYABLE_MARKER = "TTRAIN_NONRETRYABLE"
+PROGRESS_FILE = "progress.json"
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSource(Strict):
+    """Where rows come from. `path` is the packaged `movie-reviews`, a local CSV/JSONL/parquet file, or a HF name."""
+
+    path: str = DEFAULT_DATASET
+    hf_split: str = "train"
+    text_field: str | None = None
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    task: Literal["auto", "classification", "regression"] = "auto"
+    max_rows: int | None = Field(default=None, ge=2, description="sample this many rows (seeded) before splitting")
+    heldout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+
+
+class RayScaling(Strict):
+    """Mirrors ray.train.ScalingConfig; kept as data so the workflow can carry it without importing Ray."""
+
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+
+
+class FineTuneConfig(Strict):
+    """One fine-tune: model, data, optimisation and scaling. `batch_size` is the global batch over all workers."""
+
+    model: str = DEFAULT_MODEL
+    num_hidden_layers: int | None = Field(default=None, ge=1, description="cut the encoder for speed")
+    dataset: DatasetSource = Field(default_factory=DatasetSource)
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=5e-5, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    max_seq_length: int = Field(default=128, ge=8, le=8192)
+    seed: int = Field(default=42, ge=0)
+    checkpoint_every_steps: int = Field(default=50, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+    scaling: RayScaling = Field(default_factory=RayScaling)
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> FineTuneConfig:
+        if self.batch_size % self.scaling.num_workers:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of scaling.num_workers "
+                f"{self.scaling.num_workers} (it is the global batch, split evenly over workers)"
+            )
+        return self
+
+
+class SnapshotManifest(Strict):
+    """What a dataset snapshot holds, written next to its parquet files; the job trusts it instead of re-inferring."""
+
+    snapshot_id: str
+    source: str
+    text_field: str
+    text_pair_field: str | None
+    label_field: str
+    task: Literal["classification", "regression"]
+    label_names: list[str]
+    num_train: int
+    num_heldout: int
+    tokenizer_id: str
+
+
+class TextJobSpec(Strict):
+    """Everything one Ray job needs; written to storage by the activity and read by `python -m ray_jobs.text_job`."""
+
+    run_id: str
+    ray_job_id: str
+    config: FineTuneConfig
+    snapshot_uri: str
+    storage_path: str
+    resume_from_uri: str | None = None
+    resume_from_step: int = 0

@@ -1,0 +1,58 @@
+"""Snapshot rows → tokenized tensors, and the one deterministic batch order that makes exact resume possible.
+
+The order of step s is a pure function of (seed, epoch, s): a job resumed at step s draws exactly the batches the
+uninterrupted job would have, without replaying a data loader.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow.parquet as pq
+import torch
+
+from ray_jobs import storage
+from ray_jobs.specs import SnapshotManifest
+
+
+def read_manifest(snapshot_uri: str) -> SnapshotManifest:
+    return SnapshotManifest.model_validate(storage.read_json(storage.join(snapshot_uri, "manifest.json")))
+
+
+def read_split(snapshot_uri: str, split: str) -> dict[str, list]:
+    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(snapshot_uri, f"{split}.parquet"))))
+    return table.to_pydict()
+
+
+def tokenize(tokenizer, rows: dict[str, list], max_seq_length: int, regression: bool) -> dict[str, torch.Tensor]:
+    """Pad once to the longest row (capped): fixed shapes keep DDP buckets and resume bit-identical."""
+    enc = tokenizer(
+        rows["text"],
+        rows.get("text_pair"),
+        truncation=True,
+        max_length=max_seq_length,
+        padding="longest",
+        return_tensors="pt",
+    )
+    dtype = torch.float32 if regression else torch.long
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": torch.tensor(rows["label"], dtype=dtype),
+    }
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_rows, generator=g)
+
+
+def batch_indices(order: torch.Tensor, pos: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
+    """Rank r takes every world-th row of the global batch: equal shares, and DDP's mean equals the global mean."""
+    return order[pos * batch_size : (pos + 1) * batch_size][rank::world]
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop columns that are padding in every row of this batch: the same rows always give the same shape."""
+    width = int(batch["attention_mask"].sum(dim=1).max())
+    return {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
