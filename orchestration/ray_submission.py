@@ -33,8 +33,9 @@ class RaySubmission:
             raise
 
     def find_live(self, run_id: str, hint: str | None) -> str | None:
-        """A run has at most one live Ray job: the one the last heartbeat named, else any job tagged with the run."""
-        if hint is not None and self.status(hint) in LIVE:
+        """The job to follow instead of submitting: the one the last heartbeat named if it is alive or finished
+        well while nobody watched, else any live job tagged with the run (a run has at most one)."""
+        if hint is not None and self.status(hint) in {*LIVE, JobStatus.SUCCEEDED}:
             return hint
         live = [
             j

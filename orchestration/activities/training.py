@@ -17,6 +17,7 @@ import ray.train
 from ray.job_submission import JobStatus
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from orchestration.errors import invalid
 from orchestration.ledger import newest
@@ -29,6 +30,7 @@ from ray_jobs.specs import NONRETRYABLE_MARKER, PROGRESS_FILE, TextJobSpec
 JOB_MODULE = "ray_jobs.text_job"
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TTRAIN_RAY_MAX_FAILURES")
 LEDGER_QUERY_TIMEOUT_S = 5.0
+SIGNAL_RETRY_S = 300.0
 
 
 def runs_root(storage_uri: str) -> str:
@@ -168,8 +170,17 @@ class TrainingActivities:
         self.ray.submit(job_id, inp.run_id, JOB_MODULE, spec_uri, self.settings.ray_python, env)
 
     async def _signal(self, name: str, payload) -> None:
+        """Retried while Temporal is unreachable (a server restart): a lost signal would be a lost ledger entry."""
         handle = activity.client().get_workflow_handle(activity.info().workflow_id)
-        await handle.signal(name, payload)
+        deadline = time.monotonic() + SIGNAL_RETRY_S
+        while True:
+            try:
+                await handle.signal(name, payload)
+                return
+            except RPCError as exc:
+                if time.monotonic() > deadline or exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNKNOWN):
+                    raise
+                await asyncio.sleep(1.0)
 
     async def _ledger_newest(self) -> CheckpointInfo | None:
         """The workflow's ledger can be ahead of our last heartbeat (heartbeats are throttled, signals are not)."""
