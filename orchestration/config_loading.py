@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,31 @@ class ConfigError(ValueError):
     pass
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 5e-5 as a string (it wants a dot and a signed exponent); accept YAML 1.2 floats too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+
+
 def read_mapping(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+        data = json.loads(p.read_text()) if p.suffix == ".json" else _load_yaml(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: not valid JSON: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of config keys")
     return data
@@ -41,8 +60,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw else raw
+        try:
+            node[leaf] = _load_yaml(raw) if raw else raw
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {_yaml_problem(exc)}") from None
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's messages span several lines (context, a quoted snippet, a caret): keep the problem and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -62,7 +93,7 @@ def validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 def load_config(path: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> FineTuneConfig:
-    data = dict(base or {})
+    data = copy.deepcopy(base or {})  # overrides write into nested sections: never into the caller's dict
     if path:
         data.update(read_mapping(path))
     return validate(FineTuneConfig, apply_overrides(data, overrides))

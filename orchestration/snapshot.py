@@ -42,11 +42,14 @@ def load_rows(source: DatasetSource) -> pd.DataFrame:
     if suffix in {".csv", ".tsv", ".jsonl", ".json", ".parquet"} or os.path.isabs(path) or path.startswith("."):
         if not os.path.exists(path):
             raise DatasetError(f"dataset path {source.path!r} does not exist")
-        if suffix == ".parquet":
-            return pq.read_table(path).to_pandas()
-        if suffix in {".jsonl", ".json"}:
-            return pd.read_json(path, lines=suffix == ".jsonl")
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        try:
+            if suffix == ".parquet":
+                return pq.read_table(path).to_pandas()
+            if suffix in {".jsonl", ".json"}:
+                return pd.read_json(path, lines=suffix == ".jsonl")
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        except (ValueError, OSError) as exc:  # empty or malformed file (pandas/pyarrow errors are ValueErrors)
+            raise DatasetError(f"dataset {source.path!r} cannot be read: {exc}") from None
     try:
         import datasets  # a hub dataset: only reachable online or from the local HF cache
 
@@ -71,7 +74,7 @@ def infer_schema(df: pd.DataFrame, source: DatasetSource) -> tuple[str, str | No
 
     label = pick(source.label_field, LABEL_CANDIDATES, "label")
     if source.text_field is None and not any(c in cols for c in TEXT_CANDIDATES):
-        strings = [c for c in cols if c != label and df[c].dtype == object]
+        strings = [c for c in cols if c != label and pd.api.types.is_string_dtype(df[c])]  # object or str dtype
         if len(strings) != 1:
             raise DatasetError(f"cannot tell which column is the text (columns: {cols}); set dataset.text_field")
         text = strings[0]
