@@ -194,8 +194,12 @@ def start_ray(settings: Settings, num_cpus: int | None = None, resources: dict |
     return pid
 
 
+def worker_name(queue: str, index: int = 0) -> str:
+    return f"worker-{queue}" if index == 0 else f"worker-{queue}-{index}"
+
+
 def start_worker(settings: Settings, queue: str, index: int = 0) -> int:
-    name = f"worker-{queue}" if index == 0 else f"worker-{queue}-{index}"
+    name = worker_name(queue, index)
     return _spawn(
         settings, name, [sys.executable, "-m", "orchestration.cli", "worker", "--queue", queue], _env(settings)
     )
@@ -213,7 +217,9 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def up(settings: Settings, start_ray_head: bool = True, start_temporal_server: bool = True) -> list[str]:
+def up(
+    settings: Settings, start_ray_head: bool = True, start_temporal_server: bool = True, training_workers: int = 1
+) -> list[str]:
     """Start whatever is not alive; returns the names started."""
     started = []
     if start_temporal_server and not pid_alive(read_pid(settings, "temporal")):
@@ -222,10 +228,12 @@ def up(settings: Settings, start_ray_head: bool = True, start_temporal_server: b
     if start_ray_head and not pid_alive(read_pid(settings, "ray")):
         start_ray(settings)
         started.append("ray")
-    for queue in WORKER_QUEUES:
-        if not pid_alive(read_pid(settings, f"worker-{queue}")):
-            start_worker(settings, queue)
-            started.append(f"worker-{queue}")
+    wanted = [("training", i) for i in range(training_workers)] + [("orchestration", 0)]
+    for queue, index in wanted:
+        name = worker_name(queue, index)
+        if not pid_alive(read_pid(settings, name)):
+            start_worker(settings, queue, index)
+            started.append(name)
     return started
 
 

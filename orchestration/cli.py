@@ -18,8 +18,12 @@ from temporalio.service import RPCError
 
 from orchestration.client import connect
 from orchestration.config_loading import ConfigError, load_config
+from orchestration.experiments import load_experiments
 from orchestration.settings import Settings
 from orchestration.types import (
+    CoordinatorResult,
+    EvaluationRequest,
+    EvaluationResult,
     InferenceRequest,
     InferenceResult,
     Progress,
@@ -28,7 +32,8 @@ from orchestration.types import (
     TrainingRequest,
     TrainingResult,
 )
-from orchestration.workflows.inference import InferenceWorkflow
+from orchestration.workflows.coordinator import CoordinatorWorkflow
+from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.specs import FineTuneConfig
 
@@ -90,8 +95,10 @@ async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress |
     except RPCError as exc:
         raise CliError(f"run {run_id!r}: {exc.message}") from None
     live = await live_progress(client, handle) if status.state == "training" else None
-    if live is not None and live.step > status.step:
-        status.step, status.total_steps = live.step, live.total_steps or status.total_steps
+    if live is not None:
+        status.ray_job_status = live.job_status  # PENDING: the cluster has no room for it yet, not a failure
+        if live.step > status.step:
+            status.step, status.total_steps = live.step, live.total_steps or status.total_steps
     return status, live
 
 
@@ -189,7 +196,8 @@ async def cmd_status(args, settings: Settings) -> int:
     if args.json:
         print(json.dumps(status_json(status)))
         return 0
-    print(f"run {status.run_id}: {status.state}, step {status.step}/{status.total_steps or '?'}")
+    job = f" (Ray job {status.ray_job_status.lower()})" if status.ray_job_status else ""
+    print(f"run {status.run_id}: {status.state}{job}, step {status.step}/{status.total_steps or '?'}")
     print(f"  snapshot {status.snapshot_id}  ray job {status.ray_job_id}  resumes {status.resumes}")
     for c in status.checkpoints:
         print(f"  checkpoint step {c.step:>6}  loss {c.metrics.get('loss', float('nan')):.4f}  {c.uri}")
@@ -237,6 +245,129 @@ async def cmd_demo(args, settings: Settings) -> int:
     return 0
 
 
+async def cmd_eval(args, settings: Settings) -> int:
+    client = await _client(settings)
+    req = EvaluationRequest(run_id=args.run_id, checkpoint_step=args.checkpoint)
+    try:
+        result: EvaluationResult = await client.execute_workflow(
+            EvaluationWorkflow.run,
+            req,
+            id=f"{args.run_id}-eval-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.orchestration_queue,
+        )
+    except WorkflowFailureError as exc:
+        raise CliError(f"evaluation of {args.run_id} failed: {root_cause(exc)}") from None
+    if args.json:
+        print(result.model_dump_json())
+        return 0
+    print(format_report(result))
+    return 0
+
+
+def format_report(result: EvaluationResult) -> str:
+    r = result.report
+    lines = [
+        f"run {result.run_id}, checkpoint step {result.checkpoint_step}, split {result.split}: {r['examples']} rows"
+    ]
+    if r["task"] == "classification":
+        lines.append(f"  accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  loss {r['loss']:.4f}")
+        for name, c in r["per_class"].items():
+            lines.append(
+                f"  class {name!r}: precision {c['precision']:.3f} recall {c['recall']:.3f} support {c['support']}"
+            )
+        lines.append(f"  confusion matrix (rows true, columns predicted): {r['confusion_matrix']}")
+        lines.append(f"  baseline ({r['baseline']['name']}) accuracy {r['baseline']['accuracy']:.4f}")
+    else:
+        lines.append(
+            f"  MSE {r['mse']:.4f}  MAE {r['mae']:.4f}  Pearson {r['pearson']:.4f}  Spearman {r['spearman']:.4f}"
+        )
+        lines.append(f"  baseline ({r['baseline']['name']}) MSE {r['baseline']['mse']:.4f}")
+    lines.append(f"  improvement over baseline {r['improvement_over_baseline']:+.4f}")
+    return "\n".join(lines)
+
+
+async def cmd_experiments(args, settings: Settings) -> int:
+    options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
+    req = load_experiments(args.file, options, args.max_concurrency)
+    client = await _client(settings)
+    handle = await client.start_workflow(
+        CoordinatorWorkflow.run, req, id=req.experiment_id, task_queue=settings.orchestration_queue
+    )
+    print(f"started experiments {req.experiment_id} ({len(req.experiments)} experiments)", file=sys.stderr)
+    if args.detach:
+        print(req.experiment_id)
+        return 0
+    result_task = asyncio.ensure_future(handle.result())
+    while not result_task.done():
+        await asyncio.wait([result_task], timeout=5.0)
+        if not result_task.done():
+            table = await handle.query(CoordinatorWorkflow.results)
+            states = [r.state for r in table.rows]
+            print(" ".join(f"{s}={states.count(s)}" for s in sorted(set(states))), file=sys.stderr)
+    try:
+        print_results(result_task.result(), "table")
+    except WorkflowFailureError as exc:
+        raise CliError(f"experiments {req.experiment_id} failed: {root_cause(exc)}") from None
+    return 0
+
+
+async def cmd_results(args, settings: Settings) -> int:
+    client = await _client(settings)
+    try:
+        table = await client.get_workflow_handle(args.experiment_id).query(CoordinatorWorkflow.results)
+    except RPCError as exc:
+        raise CliError(f"experiments {args.experiment_id!r}: {exc.message}") from None
+    print_results(table, "json" if args.json else "csv" if args.csv else "table")
+    return 0
+
+
+def print_results(table: CoordinatorResult, fmt: str) -> None:
+    if fmt == "json":
+        print(table.model_dump_json())
+        return
+    cols = [
+        "experiment",
+        "run_id",
+        "state",
+        table.metric,
+        "train_time_s",
+        "resumes",
+        "checkpoints",
+        "config_diff",
+        "note",
+    ]
+    rows = [
+        [
+            r.experiment,
+            r.run_id,
+            r.state,
+            f"{r.metrics[table.metric]:.4f}" if table.metric in r.metrics else "",
+            f"{r.train_time_s:.0f}" if r.train_time_s is not None else "",
+            str(r.resumes),
+            str(r.checkpoints),
+            " ".join(f"{k}={v}" for k, v in r.config_diff.items()),
+            r.error or (f"reused {r.cached_from}" if r.cached_from else ""),
+        ]
+        for r in table.rows
+    ]
+    if fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(cols)
+        writer.writerows(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title=f"{table.experiment_id}: sorted by {table.metric} ({table.mode})")
+    for c in cols:
+        out.add_column(c)
+    for row in rows:
+        out.add_row(*row)
+    Console(width=200).print(out)
+
+
 def cmd_up(args, settings: Settings) -> int:
     from cluster import local_stack
 
@@ -246,7 +377,10 @@ def cmd_up(args, settings: Settings) -> int:
         settings.ray_address = args.ray_address
     settings.save_addresses()
     started = local_stack.up(
-        settings, start_ray_head=not args.ray_address, start_temporal_server=not args.temporal_address
+        settings,
+        start_ray_head=not args.ray_address,
+        start_temporal_server=not args.temporal_address,
+        training_workers=args.training_workers,
     )
     print(f"started: {', '.join(started) or 'nothing (all running)'}")
     return cmd_ps(args, settings)
@@ -282,6 +416,7 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local stack (Temporal dev server, Ray head, workers)")
     up.add_argument("--ray-address", help="use this Ray cluster's Jobs API instead of starting a head")
     up.add_argument("--temporal-address", help="use this Temporal server instead of starting a dev server")
+    up.add_argument("--training-workers", type=int, default=1, help="training-queue workers to run (default 1)")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("ps", help="show the local stack")
     w = sub.add_parser("worker", help="run one Temporal worker in the foreground")
@@ -301,6 +436,22 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("texts", nargs="+")
     i.add_argument("--checkpoint", type=int, help="checkpoint step (default: the run's newest)")
     i.add_argument("--json", action="store_true")
+    ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its snapshot's held-out split")
+    ev.add_argument("run_id")
+    ev.add_argument(
+        "--split", choices=["test", "validation", "heldout"], default="heldout", help="all name the held-out split"
+    )
+    ev.add_argument("--checkpoint", type=int, help="checkpoint step (default: the run's newest)")
+    ev.add_argument("--json", action="store_true")
+    ex = sub.add_parser("experiments", help="run a file of experiments in parallel, each trained then evaluated")
+    ex.add_argument("file")
+    ex.add_argument("--max-concurrency", type=int)
+    ex.add_argument("--detach", action="store_true")
+    rs = sub.add_parser("results", help="an experiment set's results table (live while it runs)")
+    rs.add_argument("experiment_id")
+    fmt = rs.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
     return p
@@ -314,6 +465,9 @@ COMMANDS = {
     "train": cmd_train,
     "status": cmd_status,
     "infer": cmd_infer,
+    "eval": cmd_eval,
+    "experiments": cmd_experiments,
+    "results": cmd_results,
     "demo": cmd_demo,
 }
 

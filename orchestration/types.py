@@ -113,7 +113,9 @@ class RunStatus(Model):
     checkpoints: list[CheckpointInfo]
     resumes: int
     ray_job_id: str | None
+    ray_job_status: str | None = None
     snapshot_id: str | None
+    snapshot_uri: str | None = None
     attempts: list[AttemptStarted]
 
 
@@ -124,6 +126,7 @@ class Progress(Model):
     step: int = 0
     total_steps: int | None = None
     loss: float | None = None
+    job_status: str | None = None
     latest_checkpoint: CheckpointInfo | None = None
     updated_at: float = 0.0
 
@@ -152,3 +155,88 @@ class InferenceResult(Model):
     run_id: str
     checkpoint_step: int
     predictions: list[Prediction]
+
+
+class EvaluationRequest(Model):
+    run_id: str
+    checkpoint_step: int | None = None
+    split: Literal["heldout"] = "heldout"
+    batch_size: int = Field(default=64, ge=1)
+
+
+class RunArtifacts(Model):
+    """What evaluation and inference need from a run: its chosen checkpoint and the snapshot it trained on."""
+
+    checkpoint: CheckpointInfo
+    snapshot_uri: str
+
+
+class EvaluateInput(Model):
+    artifacts: RunArtifacts
+    split: str
+    batch_size: int
+
+
+class EvaluationResult(Model):
+    run_id: str
+    checkpoint_step: int
+    split: str
+    report: dict
+
+
+class Experiment(Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
+    config: FineTuneConfig
+
+
+class CoordinatorRequest(Model):
+    experiment_id: str
+    experiments: list[Experiment] = Field(min_length=1)
+    max_concurrency: int = Field(default=2, ge=1)
+    metric: str = "accuracy"
+    mode: Literal["max", "min"] = "max"
+    run_cache: bool = True
+    options: RunOptions
+
+
+ExperimentState = Literal["pending", "training", "evaluating", "completed", "failed", "cached"]
+
+
+class ExperimentRow(Model):
+    """One line of the results table; a failed experiment keeps its row, with the error."""
+
+    experiment: str
+    run_id: str
+    state: ExperimentState = "pending"
+    config_diff: dict = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    train_time_s: float | None = None
+    resumes: int = 0
+    checkpoints: int = 0
+    cached_from: str | None = None
+    error: str | None = None
+
+
+class CoordinatorResult(Model):
+    experiment_id: str
+    metric: str
+    mode: Literal["max", "min"]
+    rows: list[ExperimentRow]
+
+
+class RunCacheEntry(Model):
+    """Content-addressed: the same snapshot and the same training config map to one finished run."""
+
+    key: str
+    run_id: str
+    result: TrainingResult | None = None
+
+
+class RunCacheLookup(Model):
+    storage_uri: str
+    key: str
+
+
+class RunCacheStore(Model):
+    storage_uri: str
+    entry: RunCacheEntry

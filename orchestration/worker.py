@@ -31,15 +31,17 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
             activities=[create_snapshot, TrainingActivities(settings).train],
             max_concurrent_activities=settings.max_concurrent_trainings,
         )
-    from orchestration.activities.inference import predict, resolve_checkpoint
-    from orchestration.workflows.inference import InferenceWorkflow
+    from orchestration.activities.inference import evaluate, predict, resolve_run
+    from orchestration.activities.run_cache import lookup_run, remember_run
+    from orchestration.workflows.coordinator import CoordinatorWorkflow
+    from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
 
     return Worker(
         client,
         task_queue=settings.orchestration_queue,
-        workflows=[CheckpointedTrainingWorkflow, InferenceWorkflow],
-        activities=[resolve_checkpoint, predict],
+        workflows=[CheckpointedTrainingWorkflow, InferenceWorkflow, EvaluationWorkflow, CoordinatorWorkflow],
+        activities=[resolve_run, predict, evaluate, lookup_run, remember_run],
     )
 
 

@@ -1,4 +1,8 @@
-"""Inference activities (orchestration queue, CPU): find a run's checkpoint through its workflow, then predict."""
+"""Activities that use a finished checkpoint (orchestration queue, CPU or GPU): find it, predict, evaluate.
+
+The run id names the training workflow, and its ledger and snapshot name what to load: the same run id gives the
+same model and the same held-out rows, never a live re-download.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,39 @@ from functools import lru_cache
 from temporalio import activity
 
 from orchestration.errors import invalid
-from orchestration.types import CheckpointInfo, InferenceRequest, PredictInput, Prediction
+from orchestration.types import (
+    CheckpointInfo,
+    EvaluateInput,
+    EvaluationRequest,
+    InferenceRequest,
+    PredictInput,
+    Prediction,
+    RunArtifacts,
+    RunStatus,
+)
 from ray_jobs.predict import Predictor
 
 
 @activity.defn
-async def resolve_checkpoint(req: InferenceRequest) -> CheckpointInfo:
-    """The run id names the training workflow; its ledger names the checkpoint (final unless a step is chosen)."""
+async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts:
+    """The run's newest checkpoint, or the one at `checkpoint_step`, and its dataset snapshot."""
     handle = activity.client().get_workflow_handle(req.run_id)
     try:
-        ledger = [CheckpointInfo.model_validate(c) for c in await handle.query("ledger")]
+        status = RunStatus.model_validate(await handle.query("status"))
     except Exception as exc:
         raise invalid(f"run {req.run_id!r} cannot be queried for its checkpoints: {exc}") from None
-    if not ledger:
+    ledger: list[CheckpointInfo] = status.checkpoints
+    if not ledger or status.snapshot_uri is None:
         raise invalid(f"run {req.run_id!r} has no committed checkpoint yet")
-    if req.checkpoint_step is None:
-        return ledger[-1]
-    for c in ledger:
-        if c.step == req.checkpoint_step:
-            return c
-    raise invalid(
-        f"run {req.run_id!r} has no checkpoint at step {req.checkpoint_step} (has {[c.step for c in ledger]})"
-    )
+    chosen = ledger[-1]
+    if req.checkpoint_step is not None:
+        matches = [c for c in ledger if c.step == req.checkpoint_step]
+        if not matches:
+            raise invalid(
+                f"run {req.run_id!r} has no checkpoint at step {req.checkpoint_step} ({[c.step for c in ledger]})"
+            )
+        chosen = matches[0]
+    return RunArtifacts(checkpoint=chosen, snapshot_uri=status.snapshot_uri)
 
 
 @lru_cache(maxsize=2)
@@ -42,5 +57,13 @@ async def predict(inp: PredictInput) -> list[Prediction]:
     def run() -> list[Prediction]:
         rows = _predictor(inp.checkpoint.uri).predict(inp.texts, inp.text_pairs)
         return [Prediction(text=t, **row) for t, row in zip(inp.texts, rows, strict=True)]
+
+    return await asyncio.to_thread(run)
+
+
+@activity.defn
+async def evaluate(inp: EvaluateInput) -> dict:
+    def run() -> dict:
+        return _predictor(inp.artifacts.checkpoint.uri).evaluate(inp.artifacts.snapshot_uri, inp.split, inp.batch_size)
 
     return await asyncio.to_thread(run)

@@ -115,6 +115,7 @@ class TrainingActivities:
             live = await asyncio.to_thread(_read_progress, run_uri, job_id)
             if live is not None and live["step"] > progress.step:
                 progress.step, progress.total_steps, progress.loss = live["step"], live["total_steps"], live["loss"]
+            progress.job_status = status.value if status else None
             if progress.step > last_step or status != JobStatus.RUNNING:
                 last_advance = time.monotonic()  # a pending job is waiting for resources, not hung
                 progress.updated_at = time.time()

@@ -1,4 +1,4 @@
-"""InferenceWorkflow: labels and confidences from a run's checkpoint, found through the run's own ledger."""
+"""InferenceWorkflow and EvaluationWorkflow: predictions and metrics from a run's checkpoint, found by run id."""
 
 from __future__ import annotations
 
@@ -9,27 +9,53 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.errors import INVALID_INPUT
-    from orchestration.types import CheckpointInfo, InferenceRequest, InferenceResult, PredictInput, Prediction
+    from orchestration.types import (
+        EvaluateInput,
+        EvaluationRequest,
+        EvaluationResult,
+        InferenceRequest,
+        InferenceResult,
+        PredictInput,
+        Prediction,
+        RunArtifacts,
+    )
 
 RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=[INVALID_INPUT])
+
+
+async def _resolve(req: InferenceRequest | EvaluationRequest) -> RunArtifacts:
+    return await workflow.execute_activity(
+        "resolve_run", req, result_type=RunArtifacts, start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY
+    )
 
 
 @workflow.defn
 class InferenceWorkflow:
     @workflow.run
     async def run(self, req: InferenceRequest) -> InferenceResult:
-        checkpoint = await workflow.execute_activity(
-            "resolve_checkpoint",
-            req,
-            result_type=CheckpointInfo,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RETRY,
-        )
+        artifacts = await _resolve(req)
         predictions = await workflow.execute_activity(
             "predict",
-            PredictInput(checkpoint=checkpoint, texts=req.texts, text_pairs=req.text_pairs),
+            PredictInput(checkpoint=artifacts.checkpoint, texts=req.texts, text_pairs=req.text_pairs),
             result_type=list[Prediction],
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=RETRY,
         )
-        return InferenceResult(run_id=req.run_id, checkpoint_step=checkpoint.step, predictions=predictions)
+        return InferenceResult(run_id=req.run_id, checkpoint_step=artifacts.checkpoint.step, predictions=predictions)
+
+
+@workflow.defn
+class EvaluationWorkflow:
+    @workflow.run
+    async def run(self, req: EvaluationRequest) -> EvaluationResult:
+        artifacts = await _resolve(req)
+        report = await workflow.execute_activity(
+            "evaluate",
+            EvaluateInput(artifacts=artifacts, split=req.split, batch_size=req.batch_size),
+            result_type=dict,
+            start_to_close_timeout=timedelta(hours=2),
+            retry_policy=RETRY,
+        )
+        return EvaluationResult(
+            run_id=req.run_id, checkpoint_step=artifacts.checkpoint.step, split=req.split, report=report
+        )

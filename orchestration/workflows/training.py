@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.errors import INVALID_INPUT
@@ -69,6 +70,8 @@ class CheckpointedTrainingWorkflow:
                 task_queue=opts.training_queue,
                 start_to_close_timeout=TRAINING_TIMEOUT,
                 heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout_s),
+                # a cancelled run waits until the activity has stopped its Ray job: no GPU job outlives its run
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=1),
                     maximum_interval=timedelta(seconds=30),
@@ -125,5 +128,6 @@ class CheckpointedTrainingWorkflow:
             resumes=self.resumes,
             ray_job_id=self.attempts[-1].ray_job_id if self.attempts else None,
             snapshot_id=self.snapshot.snapshot_id if self.snapshot else None,
+            snapshot_uri=self.snapshot.uri if self.snapshot else None,
             attempts=self.attempts,
         )
