@@ -4,14 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 # Without a GPU, pin the CPU torch build in every step: anything unpinned resolves the multi-GB CUDA build.
-CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constraints-cpu.txt")
+CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c cluster/constraints-cpu.txt")
 TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: install demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+$(VENV)/.installed: pyproject.toml cluster/constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(if $(TORCH_PIN),$(PIP) $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true)
 	$(PIP) $(CONSTRAINTS) -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true

@@ -180,6 +180,14 @@ def start_ray(settings: Settings, num_cpus: int | None = None, resources: dict |
         f"--temp-dir={ray_temp_dir(settings)}",
         "--disable-usage-stats",
     ]
+    if gcs_port != 6379:  # a second stack on this machine (tests, benchmarks): move Ray's other fixed ports too
+        argv += [
+            f"--ray-client-server-port={gcs_port + 1}",
+            f"--dashboard-agent-listen-port={gcs_port + 2}",
+            f"--dashboard-agent-grpc-port={gcs_port + 3}",
+            f"--metrics-export-port={gcs_port + 4}",
+            f"--runtime-env-agent-port={gcs_port + 5}",
+        ]
     if num_cpus is not None:
         argv.append(f"--num-cpus={num_cpus}")
     if resources:

@@ -6,6 +6,7 @@ Everything here is a blocking HTTP call; the activity runs it in a thread so hea
 from __future__ import annotations
 
 import shlex
+import time
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -56,9 +57,14 @@ class RaySubmission:
             runtime_env={"env_vars": env} if env else None,
         )
 
-    def stop(self, job_id: str) -> None:
-        if self.status(job_id) in LIVE:
-            self.client.stop_job(job_id)
+    def stop(self, job_id: str, wait_s: float = 60.0) -> None:
+        """Ask Ray to stop the job and wait until it has: the caller promises no job outlives its run."""
+        if self.status(job_id) not in LIVE:
+            return
+        self.client.stop_job(job_id)
+        deadline = time.monotonic() + wait_s
+        while self.status(job_id) in LIVE and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def logs_tail(self, job_id: str, chars: int = 4000) -> str:
         try:

@@ -91,6 +91,24 @@ def test_inference_returns_labels_and_confidences(stack, trained):
     assert json.loads(out.stdout)["checkpoint_step"] == 5
 
 
+def test_evaluation_reports_metrics_on_the_snapshot_heldout_split(stack, trained):
+    run_id, _ = trained
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "eval", run_id, "--split", "test", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    report = result["report"]
+    assert result["checkpoint_step"] == 12
+    assert report["examples"] == 12
+    assert sum(map(sum, report["confusion_matrix"])) == 12
+    assert set(report["per_class"]) == {"0", "1"}
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert report["improvement_over_baseline"] == pytest.approx(report["accuracy"] - report["baseline"]["accuracy"])
+
+
 def test_recorded_history_replays_without_nondeterminism(stack, trained):
     run_id, _ = trained
 
