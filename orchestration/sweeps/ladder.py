@@ -1,0 +1,66 @@
+"""The ladder (asynchronous successive halving, ASHA): which trial climbs to the next rung, decided at once.
+
+Li et al., "A System for Massively Parallel Hyperparameter Tuning" (MLSys 2020), https://arxiv.org/abs/1810.05934.
+Rungs sit at min_budget * eta^k training steps. A trial that finished rung k is promoted as soon as it ranks in the
+top 1/eta of all results recorded at rung k so far: nobody waits for stragglers. Pure and deterministic (ties go to
+the lower trial id), so a workflow can call it and replay the same promotions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+
+class Ladder:
+    def __init__(self, min_budget: int, max_budget: int, eta: int = 3, mode: Literal["max", "min"] = "max") -> None:
+        if min_budget < 1:
+            raise ValueError(f"min_budget must be >= 1 (got {min_budget})")
+        if max_budget < min_budget:
+            raise ValueError(f"max_budget {max_budget} must be >= min_budget {min_budget}")
+        if eta < 2:
+            raise ValueError(f"eta must be >= 2 (got {eta})")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min' (got {mode!r})")
+        self.eta, self.mode = eta, mode
+        budgets = []
+        b = min_budget
+        while b < max_budget:
+            budgets.append(b)
+            b *= eta
+        self.budgets: list[int] = [*budgets, max_budget]
+        self._scores: list[dict[str, float]] = [{} for _ in self.budgets]  # rung → trial → score
+        self._promoted: list[set[str]] = [set() for _ in self.budgets]  # rung → trials promoted out of it
+
+    @property
+    def top_rung(self) -> int:
+        return len(self.budgets) - 1
+
+    def record(self, trial: str, rung: int, score: float) -> None:
+        if not 0 <= rung <= self.top_rung:
+            raise ValueError(f"rung {rung} outside 0..{self.top_rung}")
+        if trial in self._scores[rung]:
+            raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
+        self._scores[rung][trial] = score
+
+    def promotion(self) -> tuple[str, int] | None:
+        """(trial, next rung) for the best not-yet-promoted trial in the top 1/eta of any rung, highest rung first."""
+        for rung in range(self.top_rung - 1, -1, -1):
+            results = self._scores[rung]
+            k = len(results) // self.eta
+            if k == 0:
+                continue
+            ranked = sorted(results, key=lambda t: (-results[t] if self.mode == "max" else results[t], t))
+            for trial in ranked[:k]:
+                if trial not in self._promoted[rung]:
+                    self._promoted[rung].add(trial)
+                    return trial, rung + 1
+        return None
+
+    def best(self) -> tuple[str, int, float] | None:
+        """(trial, rung, score) at the highest rung reached by anyone."""
+        for rung in range(self.top_rung, -1, -1):
+            results = self._scores[rung]
+            if results:
+                pick = (max if self.mode == "max" else min)(sorted(results), key=results.__getitem__)
+                return pick, rung, results[pick]
+        return None

@@ -1,0 +1,113 @@
+"""Search spaces over FineTuneConfig keys, sampled with a random source the caller owns.
+
+A workflow passes `workflow.random()`, so the same sweep seed gives the same trials on every replay.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ray_jobs.specs import FineTuneConfig
+
+
+class _Dim(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Uniform(_Dim):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if not self.low < self.high:
+            raise ValueError(f"uniform needs low < high (got {self.low}, {self.high})")
+        return self
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.uniform(self.low, self.high)
+
+
+class LogUniform(Uniform):
+    type: Literal["loguniform"]  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _positive(self) -> LogUniform:
+        if self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0 (got {self.low})")
+        return self
+
+    def sample(self, rng: random.Random) -> float:
+        return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+
+
+class IntRange(_Dim):
+    type: Literal["int"]
+    low: int
+    high: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if not self.low <= self.high:
+            raise ValueError(f"int needs low <= high (got {self.low}, {self.high})")
+        return self
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randint(self.low, self.high)
+
+
+class Choice(_Dim):
+    type: Literal["choice"]
+    values: list[Any] = Field(min_length=1)
+
+    def sample(self, rng: random.Random) -> Any:
+        return self.values[rng.randrange(len(self.values))]
+
+
+Dimension = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discriminator="type")]
+
+
+class SearchSpace(BaseModel):
+    """Dotted FineTuneConfig keys → dimensions. Every key must exist in the config: a typo is an error, not a no-op."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    params: dict[str, Dimension] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _keys_exist(self) -> SearchSpace:
+        known = _config_keys(FineTuneConfig)
+        unknown = sorted(k for k in self.params if k not in known)
+        if unknown:
+            raise ValueError(f"unknown search-space keys {unknown}; they must be FineTuneConfig keys like 'lr'")
+        return self
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        """One draw per key in sorted key order, so adding a key never reshuffles the others' sequence position."""
+        return {key: self.params[key].sample(rng) for key in sorted(self.params)}
+
+
+def _config_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, field in model.model_fields.items():
+        keys.add(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys |= _config_keys(ann, f"{prefix}{name}.")
+    return keys
+
+
+def apply(base: FineTuneConfig, params: dict[str, Any]) -> FineTuneConfig:
+    """The base config with dotted keys replaced, validated again (a sampled batch size must still split evenly)."""
+    data = base.model_dump()
+    for key, value in params.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return FineTuneConfig.model_validate(data)

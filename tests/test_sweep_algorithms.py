@@ -1,0 +1,101 @@
+"""Sweep algorithms with fake results: search-space sampling and ladder (ASHA) promotions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from orchestration.sweeps.ladder import Ladder
+from orchestration.sweeps.space import SearchSpace, apply
+from ray_jobs.specs import FineTuneConfig
+
+SPACE = {
+    "lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+    "weight_decay": {"type": "uniform", "low": 0.0, "high": 0.1},
+    "batch_size": {"type": "choice", "values": [8, 16, 32]},
+    "max_seq_length": {"type": "int", "low": 32, "high": 128},
+    "dataset.max_rows": {"type": "int", "low": 100, "high": 200},
+}
+
+
+def test_sampling_is_deterministic_and_in_range():
+    space = SearchSpace.model_validate({"params": SPACE})
+    a = [space.sample(random.Random(7)) for _ in range(3)]
+    b = [space.sample(random.Random(7)) for _ in range(3)]
+    assert a == b
+    draws = [space.sample(rng) for rng in [random.Random(1)] for _ in range(200)]
+    assert all(1e-5 <= d["lr"] <= 1e-3 for d in draws)
+    assert all(32 <= d["max_seq_length"] <= 128 and isinstance(d["max_seq_length"], int) for d in draws)
+    assert {d["batch_size"] for d in draws} == {8, 16, 32}
+    small = sum(d["lr"] < 1e-4 for d in draws)
+    assert 70 <= small <= 130  # log-uniform: half the mass below the geometric midpoint
+
+
+def test_apply_sets_dotted_keys_and_revalidates():
+    cfg = apply(FineTuneConfig(), {"lr": 2e-4, "dataset.max_rows": 150})
+    assert (cfg.lr, cfg.dataset.max_rows) == (2e-4, 150)
+    with pytest.raises(ValidationError):
+        apply(FineTuneConfig(scaling={"num_workers": 4}), {"batch_size": 6})
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"learning_rate": {"type": "uniform", "low": 0, "high": 1}},
+        {"lr": {"type": "loguniform", "low": 0.0, "high": 1}},
+        {"lr": {"type": "uniform", "low": 1, "high": 1}},
+        {"lr": {"type": "normal", "low": 0, "high": 1}},
+        {"seed": {"type": "choice", "values": []}},
+    ],
+)
+def test_bad_spaces_are_refused(params):
+    with pytest.raises(ValidationError):
+        SearchSpace.model_validate({"params": params})
+
+
+def test_ladder_rungs_and_argument_checks():
+    assert Ladder(10, 270, eta=3).budgets == [10, 30, 90, 270]
+    assert Ladder(10, 100, eta=3).budgets == [10, 30, 90, 100]
+    assert Ladder(50, 50).budgets == [50]
+    for args in [(0, 10), (10, 5), (10, 100, 1)]:
+        with pytest.raises(ValueError):
+            Ladder(*args)
+
+
+def test_ladder_promotes_top_third_without_waiting_for_stragglers():
+    ladder = Ladder(10, 90, eta=3, mode="max")
+    ladder.record("t0", 0, 0.60)
+    ladder.record("t1", 0, 0.70)
+    assert ladder.promotion() is None  # 2 results: top 1/3 is nobody yet
+    ladder.record("t2", 0, 0.65)
+    assert ladder.promotion() == ("t1", 1)  # promoted at once, although other trials are still running
+    assert ladder.promotion() is None  # t1 is not promoted twice
+    for t, s in [("t3", 0.90), ("t4", 0.10), ("t5", 0.20)]:
+        ladder.record(t, 0, s)
+    assert ladder.promotion() == ("t3", 1)  # 6 results: top 2 are t3 and t1; t1 already went up
+    ladder.record("t1", 1, 0.75)
+    ladder.record("t3", 1, 0.80)
+    assert ladder.promotion() is None
+    assert ladder.best() == ("t3", 1, 0.80)
+
+
+def test_ladder_min_mode_and_higher_rungs_first():
+    ladder = Ladder(1, 9, eta=3, mode="min")
+    for i, loss in enumerate([0.9, 0.5, 0.7, 0.4, 0.8, 0.6]):
+        ladder.record(f"t{i}", 0, loss)
+    assert ladder.promotion() == ("t3", 1)
+    assert ladder.promotion() == ("t1", 1)
+    for t, loss in [("t3", 0.30), ("t1", 0.35), ("t9", 0.50)]:
+        ladder.record(t, 1, loss)
+    assert ladder.promotion() == ("t3", 2)  # rung 1's decision comes before rung 0's
+    with pytest.raises(ValueError):
+        ladder.record("t3", 1, 0.1)
+
+
+def test_ladder_ties_go_to_the_lower_trial_id():
+    ladder = Ladder(1, 3, eta=3)
+    for t in ["b", "a", "c"]:
+        ladder.record(t, 0, 0.5)
+    assert ladder.promotion() == ("a", 1)
