@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -17,9 +18,10 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 from orchestration.client import connect
-from orchestration.config_loading import ConfigError, load_config
+from orchestration.config_loading import ConfigError, load_config, read_mapping, validate
 from orchestration.experiments import load_experiments
 from orchestration.settings import Settings
+from orchestration.sweeps.models import SweepLeaderboard, SweepSpec, SweepState
 from orchestration.types import (
     CoordinatorResult,
     EvaluationRequest,
@@ -34,6 +36,7 @@ from orchestration.types import (
 )
 from orchestration.workflows.coordinator import CoordinatorWorkflow
 from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
+from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.specs import FineTuneConfig
 
@@ -161,16 +164,17 @@ def print_result(result: TrainingResult) -> None:
     )
 
 
-async def infer(client: Client, settings: Settings, req: InferenceRequest) -> InferenceResult:
+async def execute(client: Client, settings: Settings, run, req, workflow_id: str, what: str):
+    """Run a short workflow on the orchestration queue to its result, or one line saying why it failed."""
     try:
-        return await client.execute_workflow(
-            InferenceWorkflow.run,
-            req,
-            id=f"{req.run_id}-infer-{uuid.uuid4().hex[:8]}",
-            task_queue=settings.orchestration_queue,
-        )
+        return await client.execute_workflow(run, req, id=workflow_id, task_queue=settings.orchestration_queue)
     except WorkflowFailureError as exc:
-        raise CliError(f"inference on {req.run_id} failed: {root_cause(exc)}") from None
+        raise CliError(f"{what} failed: {root_cause(exc)}") from None
+
+
+async def infer(client: Client, settings: Settings, req: InferenceRequest) -> InferenceResult:
+    workflow_id = f"{req.run_id}-infer-{uuid.uuid4().hex[:8]}"
+    return await execute(client, settings, InferenceWorkflow.run, req, workflow_id, f"inference on {req.run_id}")
 
 
 async def cmd_train(args, settings: Settings) -> int:
@@ -248,15 +252,10 @@ async def cmd_demo(args, settings: Settings) -> int:
 async def cmd_eval(args, settings: Settings) -> int:
     client = await _client(settings)
     req = EvaluationRequest(run_id=args.run_id, checkpoint_step=args.checkpoint)
-    try:
-        result: EvaluationResult = await client.execute_workflow(
-            EvaluationWorkflow.run,
-            req,
-            id=f"{args.run_id}-eval-{uuid.uuid4().hex[:8]}",
-            task_queue=settings.orchestration_queue,
-        )
-    except WorkflowFailureError as exc:
-        raise CliError(f"evaluation of {args.run_id} failed: {root_cause(exc)}") from None
+    workflow_id = f"{args.run_id}-eval-{uuid.uuid4().hex[:8]}"
+    result: EvaluationResult = await execute(
+        client, settings, EvaluationWorkflow.run, req, workflow_id, f"evaluation of {args.run_id}"
+    )
     if args.json:
         print(result.model_dump_json())
         return 0
@@ -368,6 +367,95 @@ def print_results(table: CoordinatorResult, fmt: str) -> None:
     Console(width=200).print(out)
 
 
+async def cmd_sweep(args, settings: Settings) -> int:
+    spec = validate(SweepSpec, read_mapping(args.file))
+    options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
+    client = await _client(settings)
+    handle = await client.start_workflow(
+        SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=settings.orchestration_queue
+    )
+    print(f"started sweep {spec.id} ({spec.strategy}, {spec.trials} trials)", file=sys.stderr)
+    if args.detach:
+        print(spec.id)
+        return 0
+    result_task = asyncio.ensure_future(handle.result())
+    while not result_task.done():
+        await asyncio.wait([result_task], timeout=5.0)
+        if not result_task.done():
+            with contextlib.suppress(RPCError):
+                board = await client.get_workflow_handle(spec.id).query(SweepWorkflow.leaderboard)
+                best = f"{board.best.latest.score:.4f} ({board.best.run_id})" if board.best else "-"
+                print(
+                    f"trials {board.trials_started}/{board.trials_total}  steps {board.steps_used}  best {best}",
+                    file=sys.stderr,
+                )
+    try:
+        result_task.result()
+    except WorkflowFailureError as exc:
+        raise CliError(f"sweep {spec.id} failed: {root_cause(exc)}") from None
+    print_leaderboard(await client.get_workflow_handle(spec.id).query(SweepWorkflow.leaderboard), as_json=False)
+    return 0
+
+
+async def cmd_sweep_ctl(args, settings: Settings) -> int:
+    client = await _client(settings)
+    handle = client.get_workflow_handle(args.sweep_id)
+    desc = await handle.describe()
+    running = desc.status is not None and desc.status.name == "RUNNING"
+    if args.action in ("pause", "resume", "stop"):
+        if not running:
+            raise CliError(f"sweep {args.sweep_id} is not running")
+        await handle.signal(args.action)
+    elif args.action == "concurrency":
+        await handle.execute_update(SweepWorkflow.set_max_concurrency, args.value)
+    elif running:  # extend a live sweep: more trials
+        await handle.execute_update(SweepWorkflow.add_trials, args.value)
+    else:  # extend a finished sweep: a new run of the same id, starting from its whole state and checkpoints
+        state: SweepState = await client.get_workflow_handle(args.sweep_id, result_type=SweepState).result()
+        state.spec.trials += args.value
+        state.stopping = False
+        await client.start_workflow(SweepWorkflow.run, state, id=args.sweep_id, task_queue=settings.orchestration_queue)
+    print(f"sweep {args.sweep_id}: {args.action} sent")
+    return 0
+
+
+async def cmd_leaderboard(args, settings: Settings) -> int:
+    client = await _client(settings)
+    try:
+        board = await client.get_workflow_handle(args.sweep_id).query(SweepWorkflow.leaderboard)
+    except RPCError as exc:
+        raise CliError(f"sweep {args.sweep_id!r}: {exc.message}") from None
+    print_leaderboard(board, as_json=args.json)
+    return 0
+
+
+def print_leaderboard(board: SweepLeaderboard, as_json: bool) -> None:
+    if as_json:
+        print(board.model_dump_json())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(
+        title=f"sweep {board.sweep_id} ({board.strategy}): {board.metric}, {board.mode}; steps {board.steps_used}"
+    )
+    for c in ("trial", "run id", "state", "rung", "steps", board.metric, "params"):
+        out.add_column(c)
+    for t in board.trials:
+        r = t.latest
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        out.add_row(
+            str(t.index),
+            t.run_id,
+            t.state,
+            str(t.rung),
+            str(r.steps if r else "-"),
+            f"{r.score:.4f}" if r else "-",
+            params,
+        )
+    Console(width=200).print(out)
+
+
 def cmd_up(args, settings: Settings) -> int:
     from cluster import local_stack
 
@@ -452,6 +540,16 @@ def parser() -> argparse.ArgumentParser:
     fmt = rs.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    sw = sub.add_parser("sweep", help="run a hyperparameter sweep (random, ladder, tpe) from a YAML file")
+    sw.add_argument("file")
+    sw.add_argument("--detach", action="store_true")
+    sc = sub.add_parser("sweep-ctl", help="pause, resume, stop, extend a sweep or change its concurrency")
+    sc.add_argument("sweep_id")
+    sc.add_argument("action", choices=["pause", "resume", "stop", "extend", "concurrency"])
+    sc.add_argument("value", nargs="?", type=int, default=1, help="trials to add (extend) or the new max concurrency")
+    lb = sub.add_parser("leaderboard", help="a sweep's trials, best first (live)")
+    lb.add_argument("sweep_id")
+    lb.add_argument("--json", action="store_true")
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
     return p
@@ -468,6 +566,9 @@ COMMANDS = {
     "eval": cmd_eval,
     "experiments": cmd_experiments,
     "results": cmd_results,
+    "sweep": cmd_sweep,
+    "sweep-ctl": cmd_sweep_ctl,
+    "leaderboard": cmd_leaderboard,
     "demo": cmd_demo,
 }
 

@@ -53,6 +53,8 @@ class TrainingRequest(Model):
     run_id: str
     config: FineTuneConfig
     options: RunOptions
+    resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
+    stop_at_step: int | None = Field(default=None, ge=1, description="train only up to here (a ladder rung)")
 
 
 class SnapshotRequest(Model):
@@ -69,6 +71,7 @@ class TrainAttemptInput(Model):
     snapshot: DatasetSnapshot
     options: RunOptions
     resume_from: CheckpointInfo | None = None
+    stop_at_step: int | None = None
 
 
 class AttemptStarted(Model):

@@ -33,21 +33,40 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
         )
     from orchestration.activities.inference import evaluate, predict, resolve_run
     from orchestration.activities.run_cache import lookup_run, remember_run
+    from orchestration.activities.sweeps import delete_runs, plot_sweep, propose_tpe, simulate_segment
     from orchestration.workflows.coordinator import CoordinatorWorkflow
     from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
+    from orchestration.workflows.sweep import SweepWorkflow
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
 
     return Worker(
         client,
         task_queue=settings.orchestration_queue,
-        workflows=[CheckpointedTrainingWorkflow, InferenceWorkflow, EvaluationWorkflow, CoordinatorWorkflow],
-        activities=[resolve_run, predict, evaluate, lookup_run, remember_run],
+        workflows=[
+            CheckpointedTrainingWorkflow,
+            InferenceWorkflow,
+            EvaluationWorkflow,
+            CoordinatorWorkflow,
+            SweepWorkflow,
+        ],
+        activities=[
+            resolve_run,
+            predict,
+            evaluate,
+            lookup_run,
+            remember_run,
+            propose_tpe,
+            simulate_segment,
+            plot_sweep,
+            delete_runs,
+        ],
     )
 
 
 async def run_worker(queue: Queue, settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # reading a run's checkpoints logs at INFO every poll
     client = await connect(settings)
     worker = build_worker(client, queue, settings)
     stop = asyncio.Event()

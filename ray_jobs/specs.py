@@ -99,3 +99,6 @@ class TextJobSpec(Strict):
     storage_path: str
     resume_from_uri: str | None = None
     resume_from_step: int = 0
+    stop_at_step: int | None = Field(
+        default=None, ge=1, description="end this job here (a ladder rung); the LR schedule still spans max_steps"
+    )

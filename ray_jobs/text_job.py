@@ -62,6 +62,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     )
     n_train = len(train["labels"])
     steps, steps_per_epoch = total_steps(spec, n_train)
+    stop = min(steps, spec.stop_at_step or steps)
 
     resume, start_step = _resume_checkpoint(spec)
     torch.manual_seed(cfg.seed)
@@ -88,7 +89,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     last_progress = 0.0
     loss_value = float("nan")
     model.train()
-    for step in range(start_step, steps):
+    for step in range(start_step, stop):
         epoch, pos = divmod(step, steps_per_epoch)
         idx = text_data.batch_indices(text_data.epoch_order(n_train, cfg.seed, epoch), pos, cfg.batch_size, rank, world)
         assert len(idx) == per_worker
@@ -103,17 +104,17 @@ def train_loop_per_worker(spec_json: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.detach().float().item()
         done = step + 1
-        if rank == 0 and (time.monotonic() - last_progress > PROGRESS_EVERY_S or done == steps):
+        if rank == 0 and (time.monotonic() - last_progress > PROGRESS_EVERY_S or done == stop):
             last_progress = time.monotonic()
             _write_progress(spec, done, steps, loss_value)
-        if done % cfg.checkpoint_every_steps == 0 or done == steps:
+        if done % cfg.checkpoint_every_steps == 0 or done == stop:
             metrics = {
                 "step": done,
                 "epoch": done / steps_per_epoch,
                 "loss": loss_value,
                 "total_steps": steps,
             }
-            if done == steps:
+            if done == stop:
                 metrics |= _evaluate(model, tokenizer, spec, regression, device, bf16)
             _report(model, tokenizer, optimizer, scheduler, metrics, rank, spec.ray_job_id)
             model.train()

@@ -138,7 +138,9 @@ class TrainingActivities:
     ) -> TrainAttemptResult:
         if status == JobStatus.SUCCEEDED:
             final = progress.latest_checkpoint
-            if final is None or final.metrics.get("total_steps") != final.step:
+            total = final.metrics.get("total_steps") if final else None
+            target = min(inp.stop_at_step, total) if inp.stop_at_step and total else total
+            if final is None or final.step != target:
                 raise ApplicationError(f"Ray job {job_id} succeeded but its final checkpoint is not committed")
             return TrainAttemptResult(final_checkpoint=final, total_steps=final.step, ray_job_id=job_id)
         logs = await asyncio.to_thread(self.ray.logs_tail, job_id)
@@ -164,6 +166,7 @@ class TrainingActivities:
             storage_path=runs_root(inp.options.storage_uri),
             resume_from_uri=resume.uri if resume else None,
             resume_from_step=resume.step if resume else 0,
+            stop_at_step=inp.stop_at_step,
         )
         spec_uri = storage.join(inp.options.storage_uri, "jobs", f"{job_id}.json")
         storage.write_json(spec_uri, spec.model_dump(mode="json"))

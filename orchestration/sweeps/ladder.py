@@ -42,19 +42,27 @@ class Ladder:
             raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
         self._scores[rung][trial] = score
 
-    def promotion(self) -> tuple[str, int] | None:
+    def mark_promoted(self, trial: str, rung: int) -> None:
+        """Rebuilding from a saved state: `trial` already went up from `rung`."""
+        self._promoted[rung].add(trial)
+
+    def peek(self) -> tuple[str, int] | None:
         """(trial, next rung) for the best not-yet-promoted trial in the top 1/eta of any rung, highest rung first."""
         for rung in range(self.top_rung - 1, -1, -1):
             results = self._scores[rung]
             k = len(results) // self.eta
-            if k == 0:
-                continue
             ranked = sorted(results, key=lambda t: (-results[t] if self.mode == "max" else results[t], t))
             for trial in ranked[:k]:
                 if trial not in self._promoted[rung]:
-                    self._promoted[rung].add(trial)
                     return trial, rung + 1
         return None
+
+    def promotion(self) -> tuple[str, int] | None:
+        """Like `peek`, and the trial counts as promoted from then on."""
+        found = self.peek()
+        if found is not None:
+            self._promoted[found[1] - 1].add(found[0])
+        return found
 
     def best(self) -> tuple[str, int, float] | None:
         """(trial, rung, score) at the highest rung reached by anyone."""

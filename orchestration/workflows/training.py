@@ -40,7 +40,7 @@ class CheckpointedTrainingWorkflow:
         self.req = req
         self.state: RunState = "snapshotting"
         self.snapshot: DatasetSnapshot | None = None
-        self.checkpoints: list[CheckpointInfo] = []
+        self.checkpoints: list[CheckpointInfo] = [req.resume_from] if req.resume_from else []
         self.attempts: list[AttemptStarted] = []
 
     @workflow.run
@@ -65,6 +65,7 @@ class CheckpointedTrainingWorkflow:
                     snapshot=self.snapshot,
                     options=opts,
                     resume_from=newest(*self.checkpoints),
+                    stop_at_step=req.stop_at_step,
                 ),
                 result_type=TrainAttemptResult,
                 task_queue=opts.training_queue,

@@ -1,0 +1,94 @@
+"""Sweep activities (orchestration queue): TPE proposals through Optuna, a simulated trainer for scale tests,
+the leaderboard plot, and garbage collection of losing trials' checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+
+from temporalio import activity
+
+from orchestration.sweeps.models import GcRequest, PlotRequest, RungResult, TpeRequest, TrialSegment
+from orchestration.sweeps.space import Choice, IntRange, LogUniform
+from ray_jobs import storage
+
+
+def propose(req: TpeRequest) -> dict:
+    """Rebuild the study from the history (results at one budget only) and ask once, seeded by the trial index:
+    the workflow records the answer, so replay never calls Optuna again."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {}
+    for key, dim in req.space.params.items():
+        if isinstance(dim, Choice):
+            dists[key] = optuna.distributions.CategoricalDistribution(dim.values)
+        elif isinstance(dim, IntRange):
+            dists[key] = optuna.distributions.IntDistribution(dim.low, dim.high)
+        else:
+            dists[key] = optuna.distributions.FloatDistribution(dim.low, dim.high, log=isinstance(dim, LogUniform))
+    sampler = optuna.samplers.TPESampler(seed=req.seed * 1_000_003 + req.index, n_startup_trials=4)
+    study = optuna.create_study(direction="maximize" if req.mode == "max" else "minimize", sampler=sampler)
+    for params, score in req.history:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=score))
+    return study.ask(dists).params
+
+
+@activity.defn
+async def propose_tpe(req: TpeRequest) -> dict:
+    return await asyncio.to_thread(propose, req)
+
+
+def synthetic_score(seg: TrialSegment, seed: int) -> float:
+    """A learning curve with a per-configuration ceiling: higher budget helps, lr near 1e-4 is best."""
+    lr = float(seg.trial.params.get("lr", 1e-4))
+    ceiling = 0.95 - 0.15 * abs(math.log10(lr) + 4.0)
+    noise = random.Random(seed * 7_919 + seg.trial.index * 31 + seg.stop_at_step).gauss(0.0, 0.005)
+    return ceiling * (1.0 - math.exp(-seg.stop_at_step / 60.0)) + noise
+
+
+@activity.defn
+async def simulate_segment(seg: TrialSegment) -> RungResult:
+    return RungResult(rung=seg.trial.rung, steps=seg.stop_at_step, score=synthetic_score(seg, seg.config.seed))
+
+
+def plot(req: PlotRequest) -> str:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = req.state.spec
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for trial in req.state.trials:
+        if trial.results:
+            ax.plot([r.steps for r in trial.results], [r.score for r in trial.results], marker="o", lw=1, alpha=0.7)
+    if spec.ladder is not None:
+        b = spec.ladder.min_steps
+        while b < spec.ladder.max_steps:
+            ax.axvline(b, color="grey", ls=":", lw=1)
+            b *= spec.ladder.eta
+        ax.axvline(spec.ladder.max_steps, color="grey", ls=":", lw=1)
+    ax.set_xlabel("training steps (budget)")
+    ax.set_ylabel(spec.metric)
+    ax.set_title(f"sweep {spec.id}: {spec.strategy}, {len(req.state.trials)} trials (rungs dotted)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    storage.write_bytes(req.uri, buf.getvalue())
+    return req.uri
+
+
+@activity.defn
+async def plot_sweep(req: PlotRequest) -> str:
+    return await asyncio.to_thread(plot, req)
+
+
+@activity.defn
+async def delete_runs(req: GcRequest) -> int:
+    for uri in req.run_uris:
+        await asyncio.to_thread(storage.delete_dir, uri)
+    return len(req.run_uris)

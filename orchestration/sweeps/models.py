@@ -1,0 +1,140 @@
+"""Sweep specs and the one SweepState that a sweep carries through its whole life (and across continue-as-new)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestration.sweeps.space import SearchSpace
+from orchestration.types import CheckpointInfo, RunOptions
+from ray_jobs.specs import FineTuneConfig
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LadderSpec(_Model):
+    min_steps: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    eta: int = Field(default=3, ge=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LadderSpec:
+        if self.max_steps < self.min_steps:
+            raise ValueError(f"ladder.max_steps {self.max_steps} must be >= ladder.min_steps {self.min_steps}")
+        return self
+
+
+class SweepSpec(_Model):
+    """What a sweep file says. `trainer: simulated` replaces training by an instant synthetic learning curve."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
+    strategy: Literal["random", "ladder", "tpe"] = "random"
+    ladder: LadderSpec | None = None
+    tpe_with_ladder: bool = False
+    space: SearchSpace
+    base: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    metric: str = "eval_accuracy"
+    mode: Literal["max", "min"] = "max"
+    trials: int = Field(default=10, ge=1)
+    max_total_steps: int | None = Field(default=None, ge=1)
+    max_concurrency: int = Field(default=2, ge=1)
+    seed: int = 0
+    trainer: Literal["real", "simulated"] = "real"
+    history_limit: int = Field(default=4_000, ge=200, description="events per run before drain + continue-as-new")
+
+    @model_validator(mode="after")
+    def _ladder_needs_rungs(self) -> SweepSpec:
+        if (self.strategy == "ladder" or self.tpe_with_ladder) and self.ladder is None:
+            raise ValueError("a ladder sweep needs 'ladder: {min_steps, max_steps, eta}'")
+        return self
+
+    @model_validator(mode="after")
+    def _flat_sweeps_need_a_budget(self) -> SweepSpec:
+        if not self.uses_ladder and self.base.max_steps is None:
+            raise ValueError("a sweep without a ladder trains each trial to base.max_steps: set it")
+        return self
+
+    @property
+    def uses_ladder(self) -> bool:
+        return self.strategy == "ladder" or (self.strategy == "tpe" and self.tpe_with_ladder)
+
+    @property
+    def max_budget(self) -> int:
+        return self.ladder.max_steps if self.ladder else (self.base.max_steps or 0)
+
+
+class RungResult(_Model):
+    rung: int
+    steps: int
+    score: float
+    checkpoint: CheckpointInfo | None = None
+
+
+class Trial(_Model):
+    index: int
+    run_id: str
+    params: dict
+    rung: int = 0  # the rung this trial is training towards or has reached
+    state: Literal["running", "waiting", "completed", "failed"] = "running"
+    results: list[RungResult] = Field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def latest(self) -> RungResult | None:
+        return self.results[-1] if self.results else None
+
+
+class SweepState(_Model):
+    """Everything a sweep knows. Continue-as-new carries exactly this, so no trial or decision is ever lost."""
+
+    spec: SweepSpec
+    options: RunOptions
+    trials: list[Trial] = Field(default_factory=list)
+    steps_used: int = 0
+    paused: bool = False
+    stopping: bool = False
+    generation: int = 0
+
+
+class SweepLeaderboard(_Model):
+    sweep_id: str
+    strategy: str
+    metric: str
+    mode: str
+    trials_started: int
+    trials_total: int
+    steps_used: int
+    paused: bool
+    stopping: bool
+    best: Trial | None
+    trials: list[Trial]
+
+
+class TrialSegment(_Model):
+    """One training segment of one trial: from its last rung checkpoint up to `stop_at_step`."""
+
+    sweep_id: str
+    trial: Trial
+    config: FineTuneConfig
+    stop_at_step: int
+    options: RunOptions
+
+
+class TpeRequest(_Model):
+    space: SearchSpace
+    history: list[tuple[dict, float]]
+    seed: int
+    index: int
+    mode: str
+
+
+class PlotRequest(_Model):
+    state: SweepState
+    uri: str
+
+
+class GcRequest(_Model):
+    run_uris: list[str]

@@ -1,0 +1,258 @@
+"""SweepWorkflow: random, ladder (ASHA) and TPE-proposed hyperparameter sweeps that survive anything.
+
+All state lives in one SweepState. Decisions come from pure code (`sweeps.space`, `sweeps.ladder`) or from
+activities whose results the history records (TPE proposals), so replay re-derives every decision. A promoted
+trial continues its own run from its rung checkpoint (same snapshot, LR schedule set for the maximum budget), never
+from zero. The history stays bounded: past a threshold the sweep drains its running trials and continues-as-new
+carrying the state. Live control: pause / resume / stop signals; add-trials and max-concurrency updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from orchestration.errors import INVALID_INPUT
+    from orchestration.sweeps.ladder import Ladder
+    from orchestration.sweeps.models import (
+        GcRequest,
+        PlotRequest,
+        RungResult,
+        SweepLeaderboard,
+        SweepState,
+        TpeRequest,
+        Trial,
+        TrialSegment,
+    )
+    from orchestration.sweeps.space import apply
+    from orchestration.types import TrainingRequest, TrainingResult
+    from orchestration.workflows.coordinator import failure_message
+    from orchestration.workflows.training import CheckpointedTrainingWorkflow
+    from ray_jobs import storage
+
+ACTIVITY = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "retry_policy": RetryPolicy(maximum_attempts=5, non_retryable_error_types=[INVALID_INPUT]),
+}
+
+
+@workflow.defn
+class SweepWorkflow:
+    @workflow.init
+    def __init__(self, state: SweepState) -> None:
+        self.s = state
+        self.running = 0
+        self.draining = False
+        spec = state.spec
+        if spec.uses_ladder:
+            assert spec.ladder is not None
+            self.ladder = Ladder(spec.ladder.min_steps, spec.ladder.max_steps, spec.ladder.eta, spec.mode)
+        else:
+            budget = spec.base.max_steps
+            self.ladder = Ladder(budget or 1, budget or 1, 2, spec.mode)
+        for trial in state.trials:  # rebuild the ladder's bookkeeping from the carried state
+            for r in trial.results:
+                self.ladder.record(trial.run_id, r.rung, r.score)
+            for rung in range(trial.rung):
+                self.ladder.mark_promoted(trial.run_id, rung)
+            if trial.state == "running":  # drained before continue-as-new: it had finished or failed
+                trial.state = "failed"
+
+    @workflow.run
+    async def run(self, state: SweepState) -> SweepState:
+        tasks: set[asyncio.Task] = set()
+        while True:
+            await workflow.wait_condition(lambda: self._startable() or self._finished() or self._should_drain())
+            if self._should_drain():
+                self.draining = True
+                await workflow.wait_condition(lambda: self.running == 0)
+                self.s.generation += 1
+                workflow.continue_as_new(self.s)
+            if self._finished():
+                break
+            segment = await self._next_segment()
+            if segment is None:
+                continue
+            self.running += 1
+            task = asyncio.create_task(self._run_segment(segment))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._finalize()
+        return self.s
+
+    # ---- decisions ----
+    def _new_trials_left(self) -> bool:
+        spec = self.s.spec
+        over_budget = spec.max_total_steps is not None and self.s.steps_used >= spec.max_total_steps
+        return len(self.s.trials) < spec.trials and not over_budget
+
+    def _startable(self) -> bool:
+        if self.s.paused or self.s.stopping or self.draining or self.running >= self.s.spec.max_concurrency:
+            return False
+        return self._new_trials_left() or self._promotable()
+
+    def _promotable(self) -> bool:
+        return self.ladder.peek() is not None
+
+    def _finished(self) -> bool:
+        if self.running:
+            return False
+        return self.s.stopping or not (self._new_trials_left() or self._promotable())
+
+    def _should_drain(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.s.spec.history_limit
+
+    async def _next_segment(self) -> TrialSegment | None:
+        promoted = self.ladder.promotion()
+        if promoted is not None:
+            run_id, rung = promoted
+            trial = next(t for t in self.s.trials if t.run_id == run_id)
+            trial.rung, trial.state = rung, "running"
+        elif self._new_trials_left():
+            trial = await self._new_trial()
+        else:
+            return None
+        spec = self.s.spec
+        budget = self.ladder.budgets[trial.rung]
+        try:
+            config = apply(spec.base, {**trial.params, "max_steps": spec.max_budget or budget})
+        except ValueError as exc:
+            trial.state, trial.error = "failed", f"invalid sampled config: {exc}"
+            return None
+        previous = trial.latest.steps if trial.latest else 0
+        self.s.steps_used += budget - previous
+        return TrialSegment(sweep_id=spec.id, trial=trial, config=config, stop_at_step=budget, options=self.s.options)
+
+    async def _new_trial(self) -> Trial:
+        spec = self.s.spec
+        index = len(self.s.trials)
+        if spec.strategy == "tpe":
+            history = [(t.params, t.results[0].score) for t in self.s.trials if t.results]  # one budget: rung 0
+            params = await workflow.execute_activity(
+                "propose_tpe",
+                TpeRequest(space=spec.space, history=history, seed=spec.seed, index=index, mode=spec.mode),
+                result_type=dict,
+                **ACTIVITY,
+            )
+        else:
+            params = spec.space.sample(random.Random(spec.seed * 1_000_003 + index))
+        trial = Trial(index=index, run_id=f"{spec.id}-t{index:04d}", params=params)
+        self.s.trials.append(trial)
+        return trial
+
+    # ---- execution ----
+    async def _run_segment(self, seg: TrialSegment) -> None:
+        trial = next(t for t in self.s.trials if t.run_id == seg.trial.run_id)
+        try:
+            result = await (self._simulate(seg) if self.s.spec.trainer == "simulated" else self._train(seg, trial))
+            trial.results.append(result)
+            self.ladder.record(trial.run_id, result.rung, result.score)
+            trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
+        except FailureError as exc:
+            trial.state, trial.error = "failed", failure_message(exc)
+        finally:
+            self.running -= 1
+
+    async def _simulate(self, seg: TrialSegment) -> RungResult:
+        return await workflow.execute_activity("simulate_segment", seg, result_type=RungResult, **ACTIVITY)
+
+    async def _train(self, seg: TrialSegment, trial: Trial) -> RungResult:
+        result = await workflow.execute_child_workflow(
+            CheckpointedTrainingWorkflow.run,
+            TrainingRequest(
+                run_id=trial.run_id,
+                config=seg.config,
+                options=seg.options,
+                resume_from=trial.latest.checkpoint if trial.latest else None,
+                stop_at_step=seg.stop_at_step,
+            ),
+            id=f"{trial.run_id}-r{trial.rung}",
+            result_type=TrainingResult,
+            parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        metric = self.s.spec.metric
+        if metric not in result.metrics:
+            raise ApplicationError(f"metric {metric!r} not reported (have {sorted(result.metrics)})")
+        ckpt = result.final_checkpoint
+        return RungResult(rung=trial.rung, steps=ckpt.step, score=result.metrics[metric], checkpoint=ckpt)
+
+    async def _finalize(self) -> None:
+        """Keep the best trial's checkpoints, drop the rest (keep-best); draw the leaderboard next to the results."""
+        best = self.leaderboard().best
+        sweep_uri = storage.join(self.s.options.storage_uri, "sweeps", self.s.spec.id)
+        if self.s.spec.trainer == "real":
+            losers = [
+                storage.join(self.s.options.storage_uri, "runs", t.run_id)
+                for t in self.s.trials
+                if best is None or t.run_id != best.run_id
+            ]
+            await workflow.execute_activity("delete_runs", GcRequest(run_uris=losers), result_type=int, **ACTIVITY)
+        await workflow.execute_activity(
+            "plot_sweep",
+            PlotRequest(state=self.s, uri=storage.join(sweep_uri, "leaderboard.png")),
+            result_type=str,
+            **ACTIVITY,
+        )
+
+    # ---- live control ----
+    @workflow.signal
+    def pause(self) -> None:
+        self.s.paused = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        self.s.paused = False
+
+    @workflow.signal
+    def stop(self) -> None:
+        """Finish the running trials, start no new ones."""
+        self.s.stopping = True
+
+    @workflow.update
+    def add_trials(self, n: int) -> int:
+        self.s.spec.trials += n
+        return self.s.spec.trials
+
+    @add_trials.validator
+    def _check_add(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"add at least one trial (got {n})")
+
+    @workflow.update
+    def set_max_concurrency(self, n: int) -> int:
+        self.s.spec.max_concurrency = n
+        return n
+
+    @set_max_concurrency.validator
+    def _check_concurrency(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"max concurrency must be >= 1 (got {n})")
+
+    @workflow.query
+    def leaderboard(self) -> SweepLeaderboard:
+        sign = -1.0 if self.s.spec.mode == "max" else 1.0
+        scored = [t for t in self.s.trials if t.results]
+        ranked = sorted(scored, key=lambda t: (-t.latest.rung, sign * t.latest.score, t.index))
+        return SweepLeaderboard(
+            sweep_id=self.s.spec.id,
+            strategy=self.s.spec.strategy,
+            metric=self.s.spec.metric,
+            mode=self.s.spec.mode,
+            trials_started=len(self.s.trials),
+            trials_total=self.s.spec.trials,
+            steps_used=self.s.steps_used,
+            paused=self.s.paused,
+            stopping=self.s.stopping,
+            best=ranked[0] if ranked else None,
+            trials=ranked + [t for t in self.s.trials if not t.results],
+        )
