@@ -79,7 +79,9 @@ class TrainingActivities:
         job_id = await asyncio.to_thread(self.ray.find_live, inp.run_id, previous and previous.ray_job_id)
         reattached = job_id is not None
         if job_id is None:
-            job_id = f"{inp.run_id}--{info.activity_id}-{info.attempt}"
+            # unique per workflow execution, attempt and activity, and still led by the run id: a rerun of the same
+            # run id, or the next rung of a sweep trial, never mistakes an old job for its own
+            job_id = f"{info.workflow_id}--{info.workflow_run_id[-8:]}-{info.activity_id}-{info.attempt}"
             await asyncio.to_thread(self._submit, inp, job_id, resume)
         resume_step = resume.step if resume else 0
         lost_steps = 0 if reattached or previous is None else max(0, previous.step - resume_step)

@@ -1,0 +1,77 @@
+"""A real ladder sweep on the real stack, with both workers SIGKILLed mid-way: the sweep continues from its last
+decision, trials resume from their checkpoints, the promoted trial continues from its rung checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cluster import local_stack
+from orchestration.client import connect
+from orchestration.sweeps.models import SweepSpec, SweepState
+from orchestration.types import RunOptions, RunStatus
+from orchestration.workflows.sweep import SweepWorkflow
+from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from tests.helpers import run, tiny_config, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(stack):
+    base = tiny_config(dataset={"max_rows": 300}, max_steps=None, checkpoint_every_steps=5)
+    spec = SweepSpec(
+        id="it-sweep",
+        strategy="ladder",
+        ladder={"min_steps": 10, "max_steps": 30, "eta": 3},
+        space={"params": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}},
+        base=base,
+        metric="eval_accuracy",
+        trials=3,
+        max_concurrency=2,
+        seed=11,
+    )
+    options = RunOptions(storage_uri=stack.storage_uri, training_queue=stack.training_queue, heartbeat_timeout_s=5)
+
+    async def go() -> tuple[SweepState, RunStatus]:
+        client = await connect(stack)
+        handle = await client.start_workflow(
+            SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=stack.orchestration_queue
+        )
+
+        async def a_checkpoint():
+            try:
+                s = await client.get_workflow_handle("it-sweep-t0000-r0").query(CheckpointedTrainingWorkflow.status)
+            except Exception:
+                return False
+            return bool(s.checkpoints)
+
+        await wait_until(a_checkpoint, 300, "the first trial's first checkpoint")
+        for name in ("worker-training", "worker-orchestration"):
+            pid = local_stack.read_pid(stack, name)
+            os.kill(pid, signal.SIGKILL)
+            await wait_until(lambda p=pid: not local_stack.pid_alive(p), 10, f"{name} to die")
+        for queue in ("training", "orchestration"):
+            local_stack.start_worker(stack, queue)
+        state = await handle.result()
+        promoted = next(t for t in state.trials if len(t.results) == 2)
+        rung1 = await client.get_workflow_handle(f"{promoted.run_id}-r1").query(CheckpointedTrainingWorkflow.status)
+        return state, rung1
+
+    state, rung1 = run(go())
+    assert sorted(t.index for t in state.trials) == [0, 1, 2]  # every trial once
+    assert all(t.results and t.results[0].steps == 10 for t in state.trials)
+    promoted = [t for t in state.trials if len(t.results) == 2]
+    assert len(promoted) == 1  # 3 results at rung 0, eta 3: exactly the best one climbs
+    best = promoted[0]
+    assert [r.steps for r in best.results] == [10, 30]
+    assert best.results[0].score == max(t.results[0].score for t in state.trials)
+    # the promotion resumed from the rung checkpoint: steps 11..30 only, none repeated
+    assert rung1.attempts[0].resumed_from_step == 10
+    assert [c.step for c in rung1.checkpoints] == [10, 15, 20, 25, 30]
+    runs = Path(stack.storage_uri) / "runs"
+    assert (runs / best.run_id).exists()  # keep-best: the winner's checkpoints stay
+    assert not any((runs / t.run_id).exists() for t in state.trials if t is not best)
+    assert (Path(stack.storage_uri) / "sweeps" / "it-sweep" / "leaderboard.png").exists()
