@@ -153,6 +153,13 @@ def start_temporal(settings: Settings) -> int:
             str(settings.home / "temporal.db"),
             "--log-level",
             "warn",
+            # what sweeps publish, so the UI can list and sort them by best score
+            "--search-attribute",
+            "TtrainBestScore=Double",
+            "--search-attribute",
+            "TtrainBestRung=Int",
+            "--search-attribute",
+            "TtrainTrials=Int",
         ],
     )
     _wait(lambda: port_open(host, port), "Temporal dev server", 60, pid)

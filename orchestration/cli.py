@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -371,9 +372,10 @@ async def cmd_sweep(args, settings: Settings) -> int:
     spec = validate(SweepSpec, read_mapping(args.file))
     options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
     client = await _client(settings)
-    handle = await client.start_workflow(
-        SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=settings.orchestration_queue
+    state = SweepState(
+        spec=spec, options=options, search_attributes=os.environ.get("TTRAIN_SEARCH_ATTRIBUTES", "1") != "0"
     )
+    handle = await client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue=settings.orchestration_queue)
     print(f"started sweep {spec.id} ({spec.strategy}, {spec.trials} trials)", file=sys.stderr)
     if args.detach:
         print(spec.id)

@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from orchestration.activities.sweeps import delete_runs, plot_sweep, propose, propose_tpe, simulate_segment
-from orchestration.sweeps.models import SweepSpec, SweepState, TpeRequest
+from orchestration.sweeps.models import BEST_SCORE, SEARCH_ATTRIBUTES, SweepSpec, SweepState, TpeRequest
 from orchestration.sweeps.space import SearchSpace
 from orchestration.types import RunOptions
 from orchestration.workflows.sweep import SweepWorkflow
@@ -44,7 +44,7 @@ async def run_sweeps(specs: list[SweepSpec], storage: Path) -> list[tuple[SweepS
     """Run sweeps on a fresh dev server; returns each final state and the histories of all its runs."""
     temporal = str(Path(sys.executable).parent / "temporal")
     async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal, data_converter=pydantic_data_converter
+        dev_server_existing_path=temporal, data_converter=pydantic_data_converter, search_attributes=SEARCH_ATTRIBUTES
     ) as env:
         queue = f"sweep-{uuid.uuid4().hex[:6]}"
         async with Worker(
@@ -59,6 +59,13 @@ async def run_sweeps(specs: list[SweepSpec], storage: Path) -> list[tuple[SweepS
                 state = SweepState(spec=s, options=RunOptions(storage_uri=str(storage)))
                 handle = await env.client.start_workflow(SweepWorkflow.run, state, id=s.id, task_queue=queue)
                 final = await handle.result()
+                attrs = (await handle.describe()).typed_search_attributes
+                best = max(
+                    t.results[-1].score
+                    for t in final.trials
+                    if t.results and len(t.results) == max(len(x.results) for x in final.trials)
+                )
+                assert attrs.get(BEST_SCORE) == best  # the UI can list sweeps by their best score
                 histories = []
                 async for wf in env.client.list_workflows(f"WorkflowId = '{s.id}'"):
                     histories.append(await env.client.get_workflow_handle(s.id, run_id=wf.run_id).fetch_history())

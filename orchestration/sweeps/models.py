@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from temporalio.common import SearchAttributeKey
 
 from orchestration.sweeps.space import SearchSpace
 from orchestration.types import CheckpointInfo, RunOptions
 from ray_jobs.specs import FineTuneConfig
+
+# Registered on the local dev server by `ttrain up`; on another server register them once with
+# `temporal operator search-attribute create`, or set TTRAIN_SEARCH_ATTRIBUTES=0.
+BEST_SCORE = SearchAttributeKey.for_float("TtrainBestScore")
+BEST_RUNG = SearchAttributeKey.for_int("TtrainBestRung")
+TRIALS = SearchAttributeKey.for_int("TtrainTrials")
+SEARCH_ATTRIBUTES = (BEST_SCORE, BEST_RUNG, TRIALS)
 
 
 class _Model(BaseModel):
@@ -97,6 +105,7 @@ class SweepState(_Model):
     paused: bool = False
     stopping: bool = False
     generation: int = 0
+    search_attributes: bool = True
 
 
 class SweepLeaderboard(_Model):

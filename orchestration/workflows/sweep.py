@@ -22,6 +22,9 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.errors import INVALID_INPUT
     from orchestration.sweeps.ladder import Ladder
     from orchestration.sweeps.models import (
+        BEST_RUNG,
+        BEST_SCORE,
+        TRIALS,
         GcRequest,
         PlotRequest,
         RungResult,
@@ -157,10 +160,24 @@ class SweepWorkflow:
             trial.results.append(result)
             self.ladder.record(trial.run_id, result.rung, result.score)
             trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
+            self._publish_best()
         except FailureError as exc:
             trial.state, trial.error = "failed", failure_message(exc)
         finally:
             self.running -= 1
+
+    def _publish_best(self) -> None:
+        """Best score, its rung and the trial count as search attributes: the Temporal UI lists sweeps by them."""
+        best = self.leaderboard().best
+        if not self.s.search_attributes or best is None or best.latest is None:
+            return
+        workflow.upsert_search_attributes(
+            [
+                BEST_SCORE.value_set(best.latest.score),
+                BEST_RUNG.value_set(best.latest.rung),
+                TRIALS.value_set(len(self.s.trials)),
+            ]
+        )
 
     async def _simulate(self, seg: TrialSegment) -> RungResult:
         return await workflow.execute_activity("simulate_segment", seg, result_type=RungResult, **ACTIVITY)

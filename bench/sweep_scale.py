@@ -1,0 +1,105 @@
+"""Sweep orchestration cost per trial: simulated ladder sweeps of 100 / 1,000 / 5,000 trials.
+
+The trainer is `simulate_segment` (a synthetic learning curve, returned at once), so everything measured is
+orchestration: the workflow's decisions, the activities' round trips, continue-as-new. The worker runs in this
+process, so `time.process_time()` is the worker's (and workflow's) CPU; the Temporal dev server's CPU is read
+from its process with psutil. Goal: <= 50 ms per trial, growing linearly.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/sweep_scale.py                 # 100,1000,5000 trials
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/sweep_scale.py --trials 100,1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from orchestration.activities.sweeps import delete_runs, plot_sweep, propose_tpe, simulate_segment
+from orchestration.sweeps.models import SEARCH_ATTRIBUTES, SweepSpec, SweepState
+from orchestration.types import RunOptions
+from orchestration.workflows.sweep import SweepWorkflow
+
+
+def sweep_spec(trials: int) -> SweepSpec:
+    return SweepSpec.model_validate(
+        {
+            "id": f"scale-{trials}",
+            "strategy": "ladder",
+            "ladder": {"min_steps": 10, "max_steps": 810, "eta": 3},
+            "space": {"params": {"lr": {"type": "loguniform", "low": 1e-6, "high": 1e-2}}},
+            "trainer": "simulated",
+            "trials": trials,
+            "max_concurrency": 100,
+            "seed": 0,
+        }
+    )
+
+
+async def measure(sizes: list[int]) -> list[dict]:
+    temporal = str(Path(sys.executable).parent / "temporal")
+    rows = []
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal, data_converter=pydantic_data_converter, search_attributes=SEARCH_ATTRIBUTES
+    ) as env:
+        server = next(p for p in psutil.Process().children(recursive=True) if "temporal" in p.name())
+        async with Worker(
+            env.client,
+            task_queue="scale",
+            workflows=[SweepWorkflow],
+            activities=[propose_tpe, simulate_segment, plot_sweep, delete_runs],
+            max_concurrent_activities=200,
+        ):
+            for n in sizes:
+                spec = sweep_spec(n)
+                state = SweepState(spec=spec, options=RunOptions(storage_uri=tempfile.mkdtemp(prefix="ttrain-scale-")))
+                cpu0, srv0, t0 = time.process_time(), server.cpu_times(), time.perf_counter()
+                final = await (
+                    await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="scale")
+                ).result()
+                wall, cpu, srv1 = time.perf_counter() - t0, time.process_time() - cpu0, server.cpu_times()
+                segments = sum(len(t.results) for t in final.trials)
+                rows.append(
+                    {
+                        "trials": n,
+                        "segments": segments,
+                        "generations": final.generation + 1,
+                        "wall_s": wall,
+                        "wall_ms_per_trial": 1000 * wall / n,
+                        "worker_cpu_ms_per_trial": 1000 * cpu / n,
+                        "server_cpu_ms_per_trial": 1000 * (srv1.user + srv1.system - srv0.user - srv0.system) / n,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--trials", default="100,1000,5000", help="comma-separated sweep sizes")
+    args = p.parse_args()
+    rows = asyncio.run(measure([int(x) for x in args.trials.split(",")]))
+    print(
+        f"\n{'trials':>7} {'segments':>9} {'runs':>5} {'wall s':>8} {'wall ms/trial':>14} {'worker CPU ms/trial':>20} {'server CPU ms/trial':>20}"
+    )
+    for r in rows:
+        print(
+            f"{r['trials']:>7} {r['segments']:>9} {r['generations']:>5} {r['wall_s']:>8.1f} {r['wall_ms_per_trial']:>14.2f}"
+            f" {r['worker_cpu_ms_per_trial']:>20.2f} {r['server_cpu_ms_per_trial']:>20.2f}"
+        )
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "sweep_scale.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
