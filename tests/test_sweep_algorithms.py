@@ -99,3 +99,21 @@ def test_ladder_ties_go_to_the_lower_trial_id():
     for t in ["b", "a", "c"]:
         ladder.record(t, 0, 0.5)
     assert ladder.promotion() == ("a", 1)
+
+
+def test_gc_keeps_the_best_and_everything_that_may_still_be_promoted():
+    from orchestration.sweeps.models import RungResult, Trial, gc_candidates
+
+    def trial(i, rung, state, results=1):
+        rs = [RungResult(rung=k, steps=10 * 3**k, score=0.5) for k in range(results)]
+        return Trial(index=i, run_id=f"t{i}", params={}, rung=rung, state=state, results=rs)
+
+    best = trial(0, 2, "completed", 3)
+    trials = [
+        best,
+        trial(1, 2, "completed", 3),
+        trial(2, 0, "waiting"),
+        trial(3, 1, "failed", 1),
+        trial(4, 1, "waiting", 2),
+    ]
+    assert gc_candidates(trials, top_rung=2, best=best) == ["t1", "t3"]

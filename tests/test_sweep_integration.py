@@ -73,5 +73,6 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
     assert [c.step for c in rung1.checkpoints] == [10, 15, 20, 25, 30]
     runs = Path(stack.storage_uri) / "runs"
     assert (runs / best.run_id).exists()  # keep-best: the winner's checkpoints stay
-    assert not any((runs / t.run_id).exists() for t in state.trials if t is not best)
+    # the others wait at rung 0: an extension may promote them, so their rung checkpoints stay too
+    assert all((runs / t.run_id).exists() for t in state.trials if t is not best)
     assert (Path(stack.storage_uri) / "sweeps" / "it-sweep" / "leaderboard.png").exists()

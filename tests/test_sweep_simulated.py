@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -144,6 +145,52 @@ def test_tpe_proposals_are_seeded_and_learn_from_history():
     assert propose(req) != propose(req.model_copy(update={"index": 7}))
     draws = [propose(req.model_copy(update={"index": i}))["lr"] for i in range(20)]
     assert sum(1e-5 < lr < 1e-3 for lr in draws) >= 12  # TPE concentrates near the good region
+
+
+def test_live_control_and_extending_a_finished_sweep(tmp_path):
+    temporal = str(Path(sys.executable).parent / "temporal")
+
+    async def go():
+        async with (
+            await WorkflowEnvironment.start_local(
+                dev_server_existing_path=temporal,
+                data_converter=pydantic_data_converter,
+                search_attributes=SEARCH_ATTRIBUTES,
+            ) as env,
+            Worker(
+                env.client,
+                task_queue="ctl",
+                workflows=[SweepWorkflow],
+                activities=[propose_tpe, simulate_segment, plot_sweep, delete_runs],
+            ),
+        ):
+            s = spec(id="ctl", trials=9)
+            state = SweepState(spec=s, options=RunOptions(storage_uri=str(tmp_path)), paused=True)
+            handle = await env.client.start_workflow(SweepWorkflow.run, state, id=s.id, task_queue="ctl")
+            board = await handle.query(SweepWorkflow.leaderboard)
+            assert board.paused and board.trials_started == 0  # paused: nothing starts
+            assert await handle.execute_update(SweepWorkflow.add_trials, 3) == 12
+            with pytest.raises(WorkflowUpdateFailedError):
+                await handle.execute_update(SweepWorkflow.set_max_concurrency, 0)  # refused by the validator
+            assert await handle.execute_update(SweepWorkflow.set_max_concurrency, 2) == 2
+            await handle.signal(SweepWorkflow.resume)
+            first = await handle.result()
+            assert len(first.trials) == 12
+
+            # extend the finished sweep: a new run of the same id from its whole state, as `sweep-ctl extend` does
+            first.spec.trials += 6
+            handle = await env.client.start_workflow(SweepWorkflow.run, first, id=s.id, task_queue="ctl")
+            extended = await handle.result()
+            assert len(extended.trials) == 18
+            assert [t.results[0] for t in extended.trials[:12]] == [t.results[0] for t in first.trials]
+
+            stopped = SweepState(spec=spec(id="ctl-stop", trials=50), options=state.options, paused=True)
+            handle = await env.client.start_workflow(SweepWorkflow.run, stopped, id="ctl-stop", task_queue="ctl")
+            await handle.signal(SweepWorkflow.stop)
+            await handle.signal(SweepWorkflow.resume)
+            assert (await handle.result()).trials == []  # stop: start nothing new, finish
+
+    run(go())
 
 
 @pytest.mark.parametrize(

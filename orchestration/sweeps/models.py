@@ -147,3 +147,13 @@ class PlotRequest(_Model):
 
 class GcRequest(_Model):
     run_uris: list[str]
+
+
+def gc_candidates(trials: list[Trial], top_rung: int, best: Trial | None) -> list[str]:
+    """Keep-best: runs that can never train again and lost. A trial still waiting at a lower rung keeps its
+    checkpoints, because extending the sweep may promote it and it must resume from its rung checkpoint."""
+    return [
+        t.run_id
+        for t in trials
+        if (best is None or t.run_id != best.run_id) and (t.state == "failed" or (t.rung == top_rung and t.results))
+    ]

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         TpeRequest,
         Trial,
         TrialSegment,
+        gc_candidates,
     )
     from orchestration.sweeps.space import apply
     from orchestration.types import TrainingRequest, TrainingResult
@@ -204,14 +205,13 @@ class SweepWorkflow:
         return RungResult(rung=trial.rung, steps=ckpt.step, score=result.metrics[metric], checkpoint=ckpt)
 
     async def _finalize(self) -> None:
-        """Keep the best trial's checkpoints, drop the rest (keep-best); draw the leaderboard next to the results."""
+        """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results."""
         best = self.leaderboard().best
         sweep_uri = storage.join(self.s.options.storage_uri, "sweeps", self.s.spec.id)
         if self.s.spec.trainer == "real":
             losers = [
-                storage.join(self.s.options.storage_uri, "runs", t.run_id)
-                for t in self.s.trials
-                if best is None or t.run_id != best.run_id
+                storage.join(self.s.options.storage_uri, "runs", run_id)
+                for run_id in gc_candidates(self.s.trials, self.ladder.top_rung, best)
             ]
             await workflow.execute_activity("delete_runs", GcRequest(run_uris=losers), result_type=int, **ACTIVITY)
         await workflow.execute_activity(
