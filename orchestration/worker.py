@@ -33,7 +33,7 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
         )
     from orchestration.activities.inference import evaluate, predict, resolve_run
     from orchestration.activities.run_cache import lookup_run, remember_run
-    from orchestration.activities.sweeps import delete_runs, plot_sweep, propose_tpe, simulate_segment
+    from orchestration.activities.sweeps import delete_runs, plot_sweep, propose_tpe, proxy_segment, simulate_segment
     from orchestration.workflows.coordinator import CoordinatorWorkflow
     from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
     from orchestration.workflows.sweep import SweepWorkflow
@@ -57,6 +57,7 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
             remember_run,
             propose_tpe,
             simulate_segment,
+            proxy_segment,
             plot_sweep,
             delete_runs,
         ],

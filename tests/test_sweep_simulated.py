@@ -14,7 +14,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from orchestration.activities.sweeps import delete_runs, plot_sweep, propose, propose_tpe, simulate_segment
+from orchestration.activities.sweeps import (
+    delete_runs,
+    plot_sweep,
+    propose,
+    propose_tpe,
+    proxy_segment,
+    simulate_segment,
+)
 from orchestration.sweeps.models import BEST_SCORE, SEARCH_ATTRIBUTES, SweepSpec, SweepState, TpeRequest
 from orchestration.sweeps.space import SearchSpace
 from orchestration.types import RunOptions
@@ -52,7 +59,7 @@ async def run_sweeps(specs: list[SweepSpec], storage: Path) -> list[tuple[SweepS
             env.client,
             task_queue=queue,
             workflows=[SweepWorkflow],
-            activities=[propose_tpe, simulate_segment, plot_sweep, delete_runs],
+            activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
             max_concurrent_activities=64,
         ):
             out = []
@@ -161,7 +168,7 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
                 env.client,
                 task_queue="ctl",
                 workflows=[SweepWorkflow],
-                activities=[propose_tpe, simulate_segment, plot_sweep, delete_runs],
+                activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
             ),
         ):
             s = spec(id="ctl", trials=9)
@@ -205,3 +212,16 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
 def test_bad_sweep_specs_are_refused(bad):
     with pytest.raises(ValueError):
         spec(**bad)
+
+
+def test_proxy_trainer_ladder_sweep_learns_and_resumes_from_rung_checkpoints(tmp_path):
+    space = {"params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1.0}}}
+    s = spec(id="proxy", trainer="proxy", trials=9, space=space, ladder={"min_steps": 30, "max_steps": 270, "eta": 3})
+    ((state, _),) = run(run_sweeps([s], tmp_path))
+    assert len(state.trials) == 9
+    top = [t for t in state.trials if len(t.results) == 3]
+    assert len(top) == 1  # 9 -> 3 -> 1
+    assert [r.steps for r in top[0].results] == [30, 90, 270]
+    assert 0.6 < top[0].results[-1].score <= 1.0  # real learning on real reviews
+    assert state.steps_done == sum(t.results[-1].steps for t in state.trials)
+    assert [r.steps_spent for t in state.trials for r in t.results] != []

@@ -49,6 +49,25 @@ def synthetic_score(seg: TrialSegment, seed: int) -> float:
 
 
 @activity.defn
+async def proxy_segment(seg: TrialSegment) -> RungResult:
+    """The proxy trainer (`sweeps.proxy`): real logistic regression, checkpointed per trial in storage."""
+    from orchestration.sweeps.proxy import train_segment
+
+    uri = storage.join(seg.options.storage_uri, "proxy", f"{seg.trial.run_id}.npz")
+    start = seg.trial.latest.steps if seg.trial.latest else 0
+    score, steps = await asyncio.to_thread(
+        train_segment,
+        uri,
+        seg.trial.params,
+        seg.config.seed,
+        start,
+        seg.stop_at_step,
+        seg.config.max_steps or seg.stop_at_step,
+    )
+    return RungResult(rung=seg.trial.rung, steps=steps, score=score)
+
+
+@activity.defn
 async def simulate_segment(seg: TrialSegment) -> RungResult:
     return RungResult(rung=seg.trial.rung, steps=seg.stop_at_step, score=synthetic_score(seg, seg.config.seed))
 

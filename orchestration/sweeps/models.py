@@ -50,7 +50,7 @@ class SweepSpec(_Model):
     max_total_steps: int | None = Field(default=None, ge=1)
     max_concurrency: int = Field(default=2, ge=1)
     seed: int = 0
-    trainer: Literal["real", "simulated"] = "real"
+    trainer: Literal["real", "simulated", "proxy"] = "real"
     history_limit: int = Field(default=4_000, ge=200, description="events per run before drain + continue-as-new")
 
     @model_validator(mode="after")
@@ -79,6 +79,7 @@ class RungResult(_Model):
     steps: int
     score: float
     checkpoint: CheckpointInfo | None = None
+    steps_spent: int = 0  # the sweep's completed training steps when this result came in
 
 
 class Trial(_Model):
@@ -101,7 +102,8 @@ class SweepState(_Model):
     spec: SweepSpec
     options: RunOptions
     trials: list[Trial] = Field(default_factory=list)
-    steps_used: int = 0
+    steps_used: int = 0  # steps granted to started segments (the budget check)
+    steps_done: int = 0  # steps of finished segments
     paused: bool = False
     stopping: bool = False
     generation: int = 0

@@ -93,10 +93,12 @@ class SweepWorkflow:
         return self.s
 
     # ---- decisions ----
+    def _over_budget(self) -> bool:
+        """A step budget binds promotions too: strategies compared at equal budget spend equal steps."""
+        return self.s.spec.max_total_steps is not None and self.s.steps_used >= self.s.spec.max_total_steps
+
     def _new_trials_left(self) -> bool:
-        spec = self.s.spec
-        over_budget = spec.max_total_steps is not None and self.s.steps_used >= spec.max_total_steps
-        return len(self.s.trials) < spec.trials and not over_budget
+        return len(self.s.trials) < self.s.spec.trials and not self._over_budget()
 
     def _startable(self) -> bool:
         if self.s.paused or self.s.stopping or self.draining or self.running >= self.s.spec.max_concurrency:
@@ -104,7 +106,7 @@ class SweepWorkflow:
         return self._new_trials_left() or self._promotable()
 
     def _promotable(self) -> bool:
-        return self.ladder.peek() is not None
+        return not self._over_budget() and self.ladder.peek() is not None
 
     def _finished(self) -> bool:
         if self.running:
@@ -116,7 +118,7 @@ class SweepWorkflow:
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.s.spec.history_limit
 
     async def _next_segment(self) -> TrialSegment | None:
-        promoted = self.ladder.promotion()
+        promoted = None if self._over_budget() else self.ladder.promotion()
         if promoted is not None:
             run_id, rung = promoted
             trial = next(t for t in self.s.trials if t.run_id == run_id)
@@ -157,7 +159,13 @@ class SweepWorkflow:
     async def _run_segment(self, seg: TrialSegment) -> None:
         trial = next(t for t in self.s.trials if t.run_id == seg.trial.run_id)
         try:
-            result = await (self._simulate(seg) if self.s.spec.trainer == "simulated" else self._train(seg, trial))
+            if self.s.spec.trainer == "real":
+                result = await self._train(seg, trial)
+            else:
+                activity_name = "simulate_segment" if self.s.spec.trainer == "simulated" else "proxy_segment"
+                result = await workflow.execute_activity(activity_name, seg, result_type=RungResult, **ACTIVITY)
+            self.s.steps_done += result.steps - (trial.latest.steps if trial.latest else 0)
+            result.steps_spent = self.s.steps_done
             trial.results.append(result)
             self.ladder.record(trial.run_id, result.rung, result.score)
             trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
@@ -179,9 +187,6 @@ class SweepWorkflow:
                 TRIALS.value_set(len(self.s.trials)),
             ]
         )
-
-    async def _simulate(self, seg: TrialSegment) -> RungResult:
-        return await workflow.execute_activity("simulate_segment", seg, result_type=RungResult, **ACTIVITY)
 
     async def _train(self, seg: TrialSegment, trial: Trial) -> RungResult:
         result = await workflow.execute_child_workflow(
