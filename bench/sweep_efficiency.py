@@ -40,10 +40,10 @@ SPACE = {
 
 
 def sweep_spec(strategy: str, seed: int, budget: int) -> SweepSpec:
-    ladder = {"min_steps": 30, "max_steps": MAX_STEPS, "eta": 3}
+    ladder = {"min_steps": 90, "max_steps": MAX_STEPS, "eta": 3}  # rungs 90, 270, 810
     return SweepSpec.model_validate(
         {
-            "id": f"eff-{strategy}-{seed}",
+            "id": f"eff-{strategy.replace('+', '-')}-{seed}",
             "strategy": "tpe" if strategy.startswith("tpe") else strategy,
             "ladder": ladder if strategy in ("ladder", "tpe+ladder") else None,
             "tpe_with_ladder": strategy == "tpe+ladder",

@@ -3,8 +3,11 @@ decision, trials resume from their checkpoints, the promoted trial continues fro
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +79,45 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
     # the others wait at rung 0: an extension may promote them, so their rung checkpoints stay too
     assert all((runs / t.run_id).exists() for t in state.trials if t is not best)
     assert (Path(stack.storage_uri) / "sweeps" / "it-sweep" / "leaderboard.png").exists()
+
+
+def ttrain(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        "id: it-cli-sweep\nstrategy: random\ntrials: 6\nmax_concurrency: 2\ntrainer: simulated\nseed: 5\n"
+        "base: {max_steps: 90}\nspace:\n  params:\n    lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}\n"
+    )
+    out = ttrain("sweep", str(sweep_file), "--detach")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "it-cli-sweep"
+
+    def board() -> dict:
+        res = ttrain("leaderboard", "it-cli-sweep", "--json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    async def finished():
+        client = await connect(stack)
+        return await client.get_workflow_handle("it-cli-sweep").result()
+
+    run(finished())
+    assert board()["trials_started"] == 6
+    assert ttrain("sweep-ctl", "it-cli-sweep", "pause").returncode == 1  # finished: a clear error, not a hang
+    out = ttrain("sweep-ctl", "it-cli-sweep", "extend", "4")
+    assert out.returncode == 0, out.stderr
+    run(finished())
+    b = board()
+    assert b["trials_started"] == 10
+    assert b["best"]["results"][-1]["steps"] == 90
+    scores = [t["results"][-1]["score"] for t in b["trials"]]
+    assert scores == sorted(scores, reverse=True)  # best first
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: x\nstrategy: ladder\nspace: {params: {lr: {type: uniform, low: 0, high: 1}}}\n")
+    out = ttrain("sweep", str(bad))
+    assert out.returncode == 2 and "ladder" in out.stderr and "Traceback" not in out.stderr
