@@ -29,11 +29,11 @@ from tests.helpers import run, tiny_config, wait_until
 pytestmark = pytest.mark.integration
 
 EVERY = 10
-STEPS = 100
+STEPS = 60
 
 
 def crash_config():
-    """Long enough (~100 steps) that there is a 'mid-run' to crash in, still tiny."""
+    """Long enough (60 steps, a checkpoint every 10) that there is a mid-run to crash in, still tiny."""
     return tiny_config(
         dataset={"max_rows": 900}, max_steps=STEPS, checkpoint_every_steps=EVERY, max_seq_length=64, num_hidden_layers=2
     )
