@@ -67,21 +67,24 @@ def full_budget_results(state: SweepState) -> list[tuple[int, float]]:
 async def run_all(seeds: list[int], strategies: list[str], budget: int) -> list[dict]:
     temporal = str(Path(sys.executable).parent / "temporal")
     out = []
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal, data_converter=pydantic_data_converter, search_attributes=SEARCH_ATTRIBUTES
-    ) as env, Worker(
-        env.client,
-        task_queue="eff",
-        workflows=[SweepWorkflow],
-        activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
+    async with (
+        await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal,
+            data_converter=pydantic_data_converter,
+            search_attributes=SEARCH_ATTRIBUTES,
+        ) as env,
+        Worker(
+            env.client,
+            task_queue="eff",
+            workflows=[SweepWorkflow],
+            activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
+        ),
     ):
         for seed in seeds:
             finals = {}
             for strategy in strategies:
                 spec = sweep_spec(strategy, seed, budget)
-                state = SweepState(
-                    spec=spec, options=RunOptions(storage_uri=tempfile.mkdtemp(prefix="ttrain-eff-"))
-                )
+                state = SweepState(spec=spec, options=RunOptions(storage_uri=tempfile.mkdtemp(prefix="ttrain-eff-")))
                 handle = await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="eff")
                 finals[strategy] = await handle.result()
             target = max(s for _, s in full_budget_results(finals["random"]))

@@ -30,6 +30,7 @@ class Ladder:
         self.budgets: list[int] = [*budgets, max_budget]
         self._scores: list[dict[str, float]] = [{} for _ in self.budgets]  # rung → trial → score
         self._promoted: list[set[str]] = [set() for _ in self.budgets]  # rung → trials promoted out of it
+        self._peeked: tuple[str, int] | bool | None = False  # cached `peek`; False: recompute (callers poll it)
 
     @property
     def top_rung(self) -> int:
@@ -41,13 +42,20 @@ class Ladder:
         if trial in self._scores[rung]:
             raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
         self._scores[rung][trial] = score
+        self._peeked = False
 
     def mark_promoted(self, trial: str, rung: int) -> None:
         """Rebuilding from a saved state: `trial` already went up from `rung`."""
         self._promoted[rung].add(trial)
+        self._peeked = False
 
     def peek(self) -> tuple[str, int] | None:
         """(trial, next rung) for the best not-yet-promoted trial in the top 1/eta of any rung, highest rung first."""
+        if self._peeked is False:
+            self._peeked = self._find()
+        return self._peeked  # type: ignore[return-value]
+
+    def _find(self) -> tuple[str, int] | None:
         for rung in range(self.top_rung - 1, -1, -1):
             results = self._scores[rung]
             k = len(results) // self.eta
@@ -62,6 +70,7 @@ class Ladder:
         found = self.peek()
         if found is not None:
             self._promoted[found[1] - 1].add(found[0])
+            self._peeked = False
         return found
 
     def best(self) -> tuple[str, int, float] | None:

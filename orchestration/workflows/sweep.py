@@ -54,6 +54,8 @@ class SweepWorkflow:
         self.s = state
         self.running = 0
         self.draining = False
+        self.by_run_id = {t.run_id: t for t in state.trials}
+        self.best_key: tuple[int, float] | None = None  # (rung, signed score) of the best result so far
         spec = state.spec
         if spec.uses_ladder:
             assert spec.ladder is not None
@@ -64,6 +66,7 @@ class SweepWorkflow:
         for trial in state.trials:  # rebuild the ladder's bookkeeping from the carried state
             for r in trial.results:
                 self.ladder.record(trial.run_id, r.rung, r.score)
+                self.best_key = max(self.best_key or self._rank(r), self._rank(r))
             for rung in range(trial.rung):
                 self.ladder.mark_promoted(trial.run_id, rung)
             if trial.state == "running":  # drained before continue-as-new: it had finished or failed
@@ -121,7 +124,7 @@ class SweepWorkflow:
         promoted = None if self._over_budget() else self.ladder.promotion()
         if promoted is not None:
             run_id, rung = promoted
-            trial = next(t for t in self.s.trials if t.run_id == run_id)
+            trial = self.by_run_id[run_id]
             trial.rung, trial.state = rung, "running"
         elif self._new_trials_left():
             trial = await self._new_trial()
@@ -153,11 +156,12 @@ class SweepWorkflow:
             params = spec.space.sample(random.Random(spec.seed * 1_000_003 + index))
         trial = Trial(index=index, run_id=f"{spec.id}-t{index:04d}", params=params)
         self.s.trials.append(trial)
+        self.by_run_id[trial.run_id] = trial
         return trial
 
     # ---- execution ----
     async def _run_segment(self, seg: TrialSegment) -> None:
-        trial = next(t for t in self.s.trials if t.run_id == seg.trial.run_id)
+        trial = self.by_run_id[seg.trial.run_id]
         try:
             if self.s.spec.trainer == "real":
                 result = await self._train(seg, trial)
@@ -169,21 +173,26 @@ class SweepWorkflow:
             trial.results.append(result)
             self.ladder.record(trial.run_id, result.rung, result.score)
             trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
-            self._publish_best()
+            self._publish_best(result)
         except FailureError as exc:
             trial.state, trial.error = "failed", failure_message(exc)
         finally:
             self.running -= 1
 
-    def _publish_best(self) -> None:
-        """Best score, its rung and the trial count as search attributes: the Temporal UI lists sweeps by them."""
-        best = self.leaderboard().best
-        if not self.s.search_attributes or best is None or best.latest is None:
+    def _rank(self, result: RungResult) -> tuple[int, float]:
+        return result.rung, result.score if self.s.spec.mode == "max" else -result.score
+
+    def _publish_best(self, result: RungResult) -> None:
+        """Best score, its rung and the trial count as search attributes: the Temporal UI lists sweeps by them.
+        Ranked as the leaderboard ranks (higher rung first, then score), updated only when the best changes."""
+        key = self._rank(result)
+        if not self.s.search_attributes or (self.best_key is not None and key <= self.best_key):
             return
+        self.best_key = key
         workflow.upsert_search_attributes(
             [
-                BEST_SCORE.value_set(best.latest.score),
-                BEST_RUNG.value_set(best.latest.rung),
+                BEST_SCORE.value_set(result.score),
+                BEST_RUNG.value_set(result.rung),
                 TRIALS.value_set(len(self.s.trials)),
             ]
         )
