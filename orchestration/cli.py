@@ -404,12 +404,16 @@ async def cmd_sweep_ctl(args, settings: Settings) -> int:
     handle = client.get_workflow_handle(args.sweep_id)
     desc = await handle.describe()
     running = desc.status is not None and desc.status.name == "RUNNING"
+    if args.action in ("pause", "resume", "stop", "cancel", "concurrency", "budget") and not running:
+        raise CliError(f"sweep {args.sweep_id} is not running")
     if args.action in ("pause", "resume", "stop"):
-        if not running:
-            raise CliError(f"sweep {args.sweep_id} is not running")
         await handle.signal(args.action)
+    elif args.action == "cancel":  # running trials are cancelled and stop their Ray jobs
+        await handle.cancel()
     elif args.action == "concurrency":
         await handle.execute_update(SweepWorkflow.set_max_concurrency, args.value)
+    elif args.action == "budget":
+        await handle.execute_update(SweepWorkflow.raise_budget, args.value)
     elif running:  # extend a live sweep: more trials
         await handle.execute_update(SweepWorkflow.add_trials, args.value)
     else:  # extend a finished sweep: a new run of the same id, starting from its whole state and checkpoints
@@ -547,8 +551,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--detach", action="store_true")
     sc = sub.add_parser("sweep-ctl", help="pause, resume, stop, extend a sweep or change its concurrency")
     sc.add_argument("sweep_id")
-    sc.add_argument("action", choices=["pause", "resume", "stop", "extend", "concurrency"])
-    sc.add_argument("value", nargs="?", type=int, default=1, help="trials to add (extend) or the new max concurrency")
+    sc.add_argument("action", choices=["pause", "resume", "stop", "cancel", "extend", "budget", "concurrency"])
+    sc.add_argument(
+        "value", nargs="?", type=int, default=1, help="trials to add (extend), steps to add (budget), or concurrency"
+    )
     lb = sub.add_parser("leaderboard", help="a sweep's trials, best first (live)")
     lb.add_argument("sweep_id")
     lb.add_argument("--json", action="store_true")

@@ -79,6 +79,15 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
     # the others wait at rung 0: an extension may promote them, so their rung checkpoints stay too
     assert all((runs / t.run_id).exists() for t in state.trials if t is not best)
     assert (Path(stack.storage_uri) / "sweeps" / "it-sweep" / "leaderboard.png").exists()
+    assert state.gpu_hours > 0  # worker-hours of the real segments, what a max_gpu_hours budget counts
+
+
+def _closed(handle):
+    async def check():
+        desc = await handle.describe()
+        return desc.status.name if desc.status is not None and desc.status.name != "RUNNING" else None
+
+    return check
 
 
 def ttrain(*args: str) -> subprocess.CompletedProcess:
@@ -117,6 +126,22 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
     assert b["best"]["results"][-1]["steps"] == 90
     scores = [t["results"][-1]["score"] for t in b["trials"]]
     assert scores == sorted(scores, reverse=True)  # best first
+    long_file = tmp_path / "long.yaml"
+    long_file.write_text(
+        sweep_file.read_text()
+        .replace("it-cli-sweep", "it-cli-cancel")
+        .replace("trials: 6", "trials: 5000")
+        .replace("max_concurrency: 2", "max_concurrency: 1")
+    )
+    assert ttrain("sweep", str(long_file), "--detach").returncode == 0
+    assert ttrain("sweep-ctl", "it-cli-cancel", "budget", "500").returncode == 0
+    assert ttrain("sweep-ctl", "it-cli-cancel", "cancel").returncode == 0
+
+    async def status():
+        client = await connect(stack)
+        return await wait_until(_closed(client.get_workflow_handle("it-cli-cancel")), 60, "the sweep to close")
+
+    assert run(status()) == "CANCELED"
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: x\nstrategy: ladder\nspace: {params: {lr: {type: uniform, low: 0, high: 1}}}\n")
     out = ttrain("sweep", str(bad))

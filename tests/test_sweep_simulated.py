@@ -180,6 +180,7 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
             with pytest.raises(WorkflowUpdateFailedError):
                 await handle.execute_update(SweepWorkflow.set_max_concurrency, 0)  # refused by the validator
             assert await handle.execute_update(SweepWorkflow.set_max_concurrency, 2) == 2
+            assert await handle.execute_update(SweepWorkflow.raise_budget, 100_000) == 100_000
             await handle.signal(SweepWorkflow.resume)
             first = await handle.result()
             assert len(first.trials) == 12

@@ -48,6 +48,9 @@ class SweepSpec(_Model):
     mode: Literal["max", "min"] = "max"
     trials: int = Field(default=10, ge=1)
     max_total_steps: int | None = Field(default=None, ge=1)
+    max_gpu_hours: float | None = Field(
+        default=None, gt=0, description="Ray Train worker-hours of finished segments (one GPU each when use_gpu)"
+    )
     max_concurrency: int = Field(default=2, ge=1)
     seed: int = 0
     trainer: Literal["real", "simulated", "proxy"] = "real"
@@ -104,6 +107,7 @@ class SweepState(_Model):
     trials: list[Trial] = Field(default_factory=list)
     steps_used: int = 0  # steps granted to started segments (the budget check)
     steps_done: int = 0  # steps of finished segments
+    gpu_hours: float = 0.0  # worker-hours of finished real segments
     paused: bool = False
     stopping: bool = False
     generation: int = 0

@@ -97,8 +97,11 @@ class SweepWorkflow:
 
     # ---- decisions ----
     def _over_budget(self) -> bool:
-        """A step budget binds promotions too: strategies compared at equal budget spend equal steps."""
-        return self.s.spec.max_total_steps is not None and self.s.steps_used >= self.s.spec.max_total_steps
+        """A budget binds promotions too: strategies compared at an equal budget spend an equal budget."""
+        spec = self.s.spec
+        return (spec.max_total_steps is not None and self.s.steps_used >= spec.max_total_steps) or (
+            spec.max_gpu_hours is not None and self.s.gpu_hours >= spec.max_gpu_hours
+        )
 
     def _new_trials_left(self) -> bool:
         return len(self.s.trials) < self.s.spec.trials and not self._over_budget()
@@ -212,6 +215,7 @@ class SweepWorkflow:
             parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
             cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+        self.s.gpu_hours += result.wall_time_s * seg.config.scaling.num_workers / 3600
         metric = self.s.spec.metric
         if metric not in result.metrics:
             raise ApplicationError(f"metric {metric!r} not reported (have {sorted(result.metrics)})")
@@ -258,6 +262,18 @@ class SweepWorkflow:
     def _check_add(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"add at least one trial (got {n})")
+
+    @workflow.update
+    def raise_budget(self, steps: int) -> int:
+        """More training steps for the sweep (from none, a budget of what was used plus `steps`)."""
+        base = self.s.spec.max_total_steps if self.s.spec.max_total_steps is not None else self.s.steps_used
+        self.s.spec.max_total_steps = base + steps
+        return self.s.spec.max_total_steps
+
+    @raise_budget.validator
+    def _check_budget(self, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"raise the budget by at least one step (got {steps})")
 
     @workflow.update
     def set_max_concurrency(self, n: int) -> int:
