@@ -37,6 +37,9 @@ lint: install
 bench: install
 	$(PY) bench/overhead.py
 	$(PY) bench/resume_waste.py
+	$(PY) bench/parallel.py
+	$(PY) bench/sweep_scale.py
+	$(PY) bench/sweep_efficiency.py
 
 clean:
 	rm -rf $(VENV) .ttrain

@@ -92,12 +92,31 @@ async def live_progress(client: Client, handle: WorkflowHandle) -> Progress | No
     return None
 
 
+async def query(client: Client, workflow_id: str, query_fn, what: str):
+    """A workflow's query answer, or one line saying why there is none (unknown id, no worker)."""
+    try:
+        return await client.get_workflow_handle(workflow_id).query(query_fn)
+    except RPCError as exc:
+        raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
+
+
+async def wait_reporting(handle: WorkflowHandle, line, what: str, every_s: float = 5.0):
+    """The workflow's result; meanwhile `line()` (a live query) goes to stderr every few seconds."""
+    result_task = asyncio.ensure_future(handle.result())
+    while not result_task.done():
+        await asyncio.wait([result_task], timeout=every_s)
+        if not result_task.done():
+            with contextlib.suppress(RPCError):
+                print(await line(), file=sys.stderr)
+    try:
+        return result_task.result()
+    except WorkflowFailureError as exc:
+        raise CliError(f"{what} failed: {root_cause(exc)}") from None
+
+
 async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress | None]:
     handle = client.get_workflow_handle(run_id)
-    try:
-        status = await handle.query(CheckpointedTrainingWorkflow.status)
-    except RPCError as exc:
-        raise CliError(f"run {run_id!r}: {exc.message}") from None
+    status = await query(client, run_id, CheckpointedTrainingWorkflow.status, "run")
     live = await live_progress(client, handle) if status.state == "training" else None
     if live is not None:
         status.ray_job_status = live.job_status  # PENDING: the cluster has no room for it yet, not a failure
@@ -297,26 +316,17 @@ async def cmd_experiments(args, settings: Settings) -> int:
     if args.detach:
         print(req.experiment_id)
         return 0
-    result_task = asyncio.ensure_future(handle.result())
-    while not result_task.done():
-        await asyncio.wait([result_task], timeout=5.0)
-        if not result_task.done():
-            table = await handle.query(CoordinatorWorkflow.results)
-            states = [r.state for r in table.rows]
-            print(" ".join(f"{s}={states.count(s)}" for s in sorted(set(states))), file=sys.stderr)
-    try:
-        print_results(result_task.result(), "table")
-    except WorkflowFailureError as exc:
-        raise CliError(f"experiments {req.experiment_id} failed: {root_cause(exc)}") from None
+
+    async def line() -> str:
+        states = [r.state for r in (await handle.query(CoordinatorWorkflow.results)).rows]
+        return " ".join(f"{s}={states.count(s)}" for s in sorted(set(states)))
+
+    print_results(await wait_reporting(handle, line, f"experiments {req.experiment_id}"), "table")
     return 0
 
 
 async def cmd_results(args, settings: Settings) -> int:
-    client = await _client(settings)
-    try:
-        table = await client.get_workflow_handle(args.experiment_id).query(CoordinatorWorkflow.results)
-    except RPCError as exc:
-        raise CliError(f"experiments {args.experiment_id!r}: {exc.message}") from None
+    table = await query(await _client(settings), args.experiment_id, CoordinatorWorkflow.results, "experiments")
     print_results(table, "json" if args.json else "csv" if args.csv else "table")
     return 0
 
@@ -380,22 +390,14 @@ async def cmd_sweep(args, settings: Settings) -> int:
     if args.detach:
         print(spec.id)
         return 0
-    result_task = asyncio.ensure_future(handle.result())
-    while not result_task.done():
-        await asyncio.wait([result_task], timeout=5.0)
-        if not result_task.done():
-            with contextlib.suppress(RPCError):
-                board = await client.get_workflow_handle(spec.id).query(SweepWorkflow.leaderboard)
-                best = f"{board.best.latest.score:.4f} ({board.best.run_id})" if board.best else "-"
-                print(
-                    f"trials {board.trials_started}/{board.trials_total}  steps {board.steps_used}  best {best}",
-                    file=sys.stderr,
-                )
-    try:
-        result_task.result()
-    except WorkflowFailureError as exc:
-        raise CliError(f"sweep {spec.id} failed: {root_cause(exc)}") from None
-    print_leaderboard(await client.get_workflow_handle(spec.id).query(SweepWorkflow.leaderboard), as_json=False)
+
+    async def line() -> str:
+        board = await client.get_workflow_handle(spec.id).query(SweepWorkflow.leaderboard)
+        best = f"{board.best.latest.score:.4f} ({board.best.run_id})" if board.best else "-"
+        return f"trials {board.trials_started}/{board.trials_total}  steps {board.steps_used}  best {best}"
+
+    await wait_reporting(handle, line, f"sweep {spec.id}")
+    print_leaderboard(await query(client, spec.id, SweepWorkflow.leaderboard, "sweep"), as_json=False)
     return 0
 
 
@@ -426,11 +428,7 @@ async def cmd_sweep_ctl(args, settings: Settings) -> int:
 
 
 async def cmd_leaderboard(args, settings: Settings) -> int:
-    client = await _client(settings)
-    try:
-        board = await client.get_workflow_handle(args.sweep_id).query(SweepWorkflow.leaderboard)
-    except RPCError as exc:
-        raise CliError(f"sweep {args.sweep_id!r}: {exc.message}") from None
+    board = await query(await _client(settings), args.sweep_id, SweepWorkflow.leaderboard, "sweep")
     print_leaderboard(board, as_json=args.json)
     return 0
 
