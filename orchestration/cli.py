@@ -460,6 +460,15 @@ def print_leaderboard(board: SweepLeaderboard, as_json: bool) -> None:
     Console(width=200).print(out)
 
 
+async def cmd_doctor(args, settings: Settings) -> int:
+    from orchestration.doctor import run_checks
+
+    checks = await run_checks(settings)
+    for ok, line in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {line}")
+    return 0 if all(ok for ok, _ in checks) else 1
+
+
 def cmd_up(args, settings: Settings) -> int:
     from cluster import local_stack
 
@@ -556,6 +565,7 @@ def parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="a sweep's trials, best first (live)")
     lb.add_argument("sweep_id")
     lb.add_argument("--json", action="store_true")
+    sub.add_parser("doctor", help="check the Temporal and Ray endpoints, workers, storage and GPUs")
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
     return p
@@ -575,6 +585,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "sweep-ctl": cmd_sweep_ctl,
     "leaderboard": cmd_leaderboard,
+    "doctor": cmd_doctor,
     "demo": cmd_demo,
 }
 

@@ -24,3 +24,24 @@ def test_up_starts_only_what_died(stack):
     assert {"temporal", "ray", "worker-training", "worker-orchestration"} <= set(services)
     assert all(s.alive for s in services.values())
     assert "UI http://127.0.0.1:" in services["temporal"].detail
+
+
+def test_doctor_reports_green_on_the_stack_and_names_a_wrong_address(stack):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "orchestration.cli", "doctor"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert all(ln.startswith("ok") for ln in lines), lines
+    assert any("polling ttrain-training" in ln for ln in lines)
+    assert any(ln.startswith("ok   ray node") for ln in lines)
+    assert any("write/read/delete ok" in ln for ln in lines)
+    env = {**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1", "TTRAIN_RAY_ADDRESS": "http://127.0.0.1:2"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1
+    assert any(ln.startswith("FAIL temporal: cannot connect to 127.0.0.1:1") for ln in out.stdout.splitlines())
+    assert any(ln.startswith("FAIL ray: Jobs API at http://127.0.0.1:2") for ln in out.stdout.splitlines())
+    assert "Traceback" not in out.stderr
