@@ -604,5 +604,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """Console entry point. Exits without interpreter finalization: the Temporal client's native threads (grpc,
+    the Rust core) can abort a finalizing interpreter (seen as SIGABRT after a command had already succeeded)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
