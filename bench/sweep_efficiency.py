@@ -26,7 +26,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from orchestration.activities.sweeps import delete_runs, plot_sweep, propose_tpe, proxy_segment, simulate_segment
+from orchestration.activities.sweeps import SWEEP_ACTIVITIES
 from orchestration.sweeps.models import SEARCH_ATTRIBUTES, SweepSpec, SweepState
 from orchestration.types import RunOptions
 from orchestration.workflows.sweep import SweepWorkflow
@@ -77,7 +77,7 @@ async def run_all(seeds: list[int], strategies: list[str], budget: int) -> list[
             env.client,
             task_queue="eff",
             workflows=[SweepWorkflow],
-            activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
+            activities=SWEEP_ACTIVITIES,
         ),
     ):
         for seed in seeds:

@@ -24,7 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from orchestration.activities.sweeps import delete_runs, plot_sweep, propose_tpe, proxy_segment, simulate_segment
+from orchestration.activities.sweeps import SWEEP_ACTIVITIES
 from orchestration.sweeps.models import SEARCH_ATTRIBUTES, SweepSpec, SweepState
 from orchestration.types import RunOptions
 from orchestration.workflows.sweep import SweepWorkflow
@@ -56,7 +56,7 @@ async def measure(sizes: list[int]) -> list[dict]:
             env.client,
             task_queue="scale",
             workflows=[SweepWorkflow],
-            activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
+            activities=SWEEP_ACTIVITIES,
             max_concurrent_activities=200,
         ):
             for n in sizes:

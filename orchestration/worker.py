@@ -33,7 +33,7 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
         )
     from orchestration.activities.inference import evaluate, predict, resolve_run
     from orchestration.activities.run_cache import lookup_run, remember_run
-    from orchestration.activities.sweeps import delete_runs, plot_sweep, propose_tpe, proxy_segment, simulate_segment
+    from orchestration.activities.sweeps import SWEEP_ACTIVITIES
     from orchestration.workflows.coordinator import CoordinatorWorkflow
     from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
     from orchestration.workflows.sweep import SweepWorkflow
@@ -55,11 +55,7 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
             evaluate,
             lookup_run,
             remember_run,
-            propose_tpe,
-            simulate_segment,
-            proxy_segment,
-            plot_sweep,
-            delete_runs,
+            *SWEEP_ACTIVITIES,
         ],
     )
 

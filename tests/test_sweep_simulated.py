@@ -14,14 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from orchestration.activities.sweeps import (
-    delete_runs,
-    plot_sweep,
-    propose,
-    propose_tpe,
-    proxy_segment,
-    simulate_segment,
-)
+from orchestration.activities.sweeps import SWEEP_ACTIVITIES, propose
 from orchestration.sweeps.models import BEST_SCORE, SEARCH_ATTRIBUTES, SweepSpec, SweepState, TpeRequest
 from orchestration.sweeps.space import SearchSpace
 from orchestration.types import RunOptions
@@ -59,7 +52,7 @@ async def run_sweeps(specs: list[SweepSpec], storage: Path) -> list[tuple[SweepS
             env.client,
             task_queue=queue,
             workflows=[SweepWorkflow],
-            activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
+            activities=SWEEP_ACTIVITIES,
             max_concurrent_activities=64,
         ):
             out = []
@@ -168,7 +161,7 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
                 env.client,
                 task_queue="ctl",
                 workflows=[SweepWorkflow],
-                activities=[propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs],
+                activities=SWEEP_ACTIVITIES,
             ),
         ):
             s = spec(id="ctl", trials=9)

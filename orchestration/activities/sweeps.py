@@ -111,3 +111,7 @@ async def delete_runs(req: GcRequest) -> int:
     for uri in req.run_uris:
         await asyncio.to_thread(storage.delete_dir, uri)
     return len(req.run_uris)
+
+
+# Everything a sweep worker must register: the orchestration worker, the tests and the benches use this one list.
+SWEEP_ACTIVITIES = [propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs]

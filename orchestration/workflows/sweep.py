@@ -16,7 +16,6 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError
-from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.errors import INVALID_INPUT
@@ -37,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from orchestration.sweeps.space import apply
     from orchestration.types import TrainingRequest, TrainingResult
-    from orchestration.workflows.coordinator import failure_message
+    from orchestration.workflows.coordinator import CHILD, failure_message
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
     from ray_jobs import storage
 
@@ -212,8 +211,7 @@ class SweepWorkflow:
             ),
             id=f"{trial.run_id}-r{trial.rung}",
             result_type=TrainingResult,
-            parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-            cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+            **CHILD,
         )
         self.s.gpu_hours += result.wall_time_s * seg.config.scaling.num_workers / 3600
         metric = self.s.spec.metric
