@@ -8,8 +8,11 @@ CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c cluster
 TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
+# The offline real image dataset: Debian's dataset-fashion-mnist (IDX files). The tests train on it.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install data demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml cluster/constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,10 +25,17 @@ $(VENV)/.installed: pyproject.toml cluster/constraints-cpu.txt
 
 install: $(VENV)/.installed
 
+$(FASHION_MNIST):
+	$(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null \
+		|| ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null)
+	test -f $@
+
+data: $(FASHION_MNIST)
+
 demo: install
 	$(VENV)/bin/ttrain demo
 
-test: install
+test: install data
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -rs tests

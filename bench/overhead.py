@@ -39,14 +39,14 @@ import _stack  # sets the bench environment (ports, RAY_AUTH_MODE) before anythi
 from ray.job_submission import JobStatus
 
 from orchestration.activities.snapshot import build as build_snapshot
-from orchestration.activities.training import FORWARDED_ENV, JOB_MODULE, runs_root
+from orchestration.activities.training import FORWARDED_ENV, JOB_MODULES, runs_root
 from orchestration.cli import start_training
 from orchestration.client import connect
 from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import DatasetSnapshot, SnapshotRequest, TrainingResult
 from ray_jobs import storage
-from ray_jobs.specs import FineTuneConfig, TextJobSpec
+from ray_jobs.specs import FineTuneConfig, JobSpec
 
 POLL_S = 0.25  # how often the bare variant asks Ray whether its job has ended
 GOAL_RATIO = 0.98
@@ -94,7 +94,7 @@ def bare_run(
     """Submit the job exactly as the training activity does (same module, spec, env), without Temporal. -> wall s."""
     t0 = time.monotonic()
     job_id = f"{run_id}--bare"
-    spec = TextJobSpec(
+    spec = JobSpec(
         run_id=run_id,
         ray_job_id=job_id,
         config=config,
@@ -104,7 +104,7 @@ def bare_run(
     spec_uri = storage.join(settings.storage_uri, "jobs", f"{job_id}.json")
     storage.write_json(spec_uri, spec.model_dump(mode="json"))
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    ray.submit(job_id, run_id, JOB_MODULE, spec_uri, settings.ray_python, env)
+    ray.submit(job_id, run_id, JOB_MODULES["text"], spec_uri, settings.ray_python, env)
     while not (status := ray.status(job_id)).is_terminal():
         time.sleep(POLL_S)
     wall = time.monotonic() - t0

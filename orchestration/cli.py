@@ -566,6 +566,7 @@ def parser() -> argparse.ArgumentParser:
     lb.add_argument("sweep_id")
     lb.add_argument("--json", action="store_true")
     sub.add_parser("doctor", help="check the Temporal and Ray endpoints, workers, storage and GPUs")
+    cifar_cli().add_parser(sub)
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
     return p
@@ -587,7 +588,15 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "doctor": cmd_doctor,
     "demo": cmd_demo,
+    "cifar10": lambda args, settings: cifar_cli().dispatch(args, settings),
 }
+
+
+def cifar_cli():
+    """Imported on use: it builds on this module's helpers, so it cannot be imported while this one loads."""
+    from orchestration import cifar_cli
+
+    return cifar_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -614,4 +623,8 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    run()
+    # `python -m orchestration.cli` runs this file as __main__, a second copy of the module: run the imported one,
+    # so that its CliError is the class `cifar_cli` raises
+    from orchestration import cli
+
+    cli.run()

@@ -1,4 +1,4 @@
-"""Config files and `--set key=value` overrides → a validated FineTuneConfig, or one readable line saying why not."""
+"""Config files and `--set key=value` overrides → a validated config (FineTuneConfig by default), or one readable line saying why not."""
 
 from __future__ import annotations
 
@@ -92,8 +92,13 @@ def validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
-def load_config(path: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> FineTuneConfig:
+def load_config(
+    path: str | None,
+    overrides: list[str],
+    base: dict[str, Any] | None = None,
+    model: type[BaseModel] = FineTuneConfig,
+) -> Any:
     data = copy.deepcopy(base or {})  # overrides write into nested sections: never into the caller's dict
     if path:
         data.update(read_mapping(path))
-    return validate(FineTuneConfig, apply_overrides(data, overrides))
+    return validate(model, apply_overrides(data, overrides))

@@ -14,6 +14,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from orchestration.client import connect
+from orchestration.ray_submission import alive_nodes
 from orchestration.settings import Settings
 from ray_jobs import storage
 
@@ -38,7 +39,6 @@ async def check_queue(client, queue: str, kind: TaskQueueType.ValueType, what: s
 
 def check_ray(settings: Settings) -> list[Check]:
     from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_nodes
 
     try:
         JobSubmissionClient(settings.ray_dashboard_url).list_jobs()
@@ -46,7 +46,7 @@ def check_ray(settings: Settings) -> list[Check]:
         return [(False, f"ray: Jobs API at {settings.ray_dashboard_url} unusable: {' '.join(str(exc).split())[:200]}")]
     checks = [(True, f"ray: Jobs API at {settings.ray_dashboard_url} answers")]
     try:
-        nodes = [n for n in list_nodes(address=settings.ray_dashboard_url) if n.state == "ALIVE"]
+        nodes = alive_nodes(settings.ray_dashboard_url)
     except Exception as exc:
         return [*checks, (False, f"ray: cannot list nodes: {' '.join(str(exc).split())[:200]}")]
     for n in nodes:

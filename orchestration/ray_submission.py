@@ -71,3 +71,10 @@ class RaySubmission:
             return self.client.get_job_logs(job_id)[-chars:]
         except RuntimeError:
             return ""
+
+
+def alive_nodes(dashboard_url: str) -> list:
+    """Ray's state API view of the cluster's live nodes (resources_total, node_ip, node_id)."""
+    from ray.util.state import list_nodes
+
+    return [n for n in list_nodes(address=dashboard_url) if n.state == "ALIVE"]

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_jobs import storage
-from ray_jobs.specs import DatasetSource, SnapshotManifest
+from ray_jobs.specs import DatasetSource, ImageSnapshotManifest, SnapshotManifest
 
 TEXT_CANDIDATES = ("text", "sentence", "sentence1", "review", "content", "document", "question", "premise")
 PAIR_CANDIDATES = {"sentence1": "sentence2", "question": "passage", "premise": "hypothesis"}
@@ -156,8 +156,17 @@ def _content_id(rows: pd.DataFrame, is_heldout: np.ndarray, schema: dict, tokeni
     return "ds-" + h.hexdigest()[:20]
 
 
-def publish_snapshot(root_uri: str, manifest: SnapshotManifest, splits: dict) -> tuple[str, bool]:
-    """Write under `root/snapshots/<id>` unless it exists; returns (uri, reused).
+def parquet_files(splits: dict[str, pd.DataFrame]) -> dict[str, bytes]:
+    out = {}
+    for name, frame in splits.items():
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+        out[f"{name}.parquet"] = sink.getvalue().to_pybytes()
+    return out
+
+
+def publish_snapshot(root_uri: str, manifest: SnapshotManifest | ImageSnapshotManifest, files: dict[str, bytes]):
+    """Write `files` under `root/snapshots/<id>` unless it exists; returns (uri, reused).
 
     Files go to a temp directory that is renamed into place, and the manifest is written last: a reader that finds
     the manifest finds every file, and two runs racing on one id both end with the same complete snapshot.
@@ -168,9 +177,9 @@ def publish_snapshot(root_uri: str, manifest: SnapshotManifest, splits: dict) ->
     tmp = storage.join(root_uri, "snapshots", f".tmp-{manifest.snapshot_id}-{uuid.uuid4().hex[:8]}")
     fs, tmp_path = storage.resolve(tmp)
     fs.create_dir(tmp_path, recursive=True)
-    for name, frame in splits.items():
-        with fs.open_output_stream(f"{tmp_path}/{name}.parquet") as f:
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), f)
+    for name, data in files.items():
+        with fs.open_output_stream(f"{tmp_path}/{name}") as f:
+            f.write(data)
     storage.write_json(storage.join(tmp, "manifest.json"), manifest.model_dump())
     _, final_path = storage.resolve(final)
     try:

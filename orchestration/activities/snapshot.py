@@ -7,14 +7,17 @@ import asyncio
 from temporalio import activity
 from transformers import AutoTokenizer
 
-from orchestration import snapshot
+from orchestration import image_snapshot, snapshot
 from orchestration.errors import invalid
 from orchestration.types import DatasetSnapshot, SnapshotRequest
 from ray_jobs.models import ModelNotFound, resolve_model_path, tokenizer_identity
+from ray_jobs.specs import ImageTrainConfig
 
 
 def build(req: SnapshotRequest) -> DatasetSnapshot:
     cfg = req.config
+    if isinstance(cfg, ImageTrainConfig):
+        return build_images(req, cfg)
     try:
         model_path = resolve_model_path(cfg.model)
         AutoTokenizer.from_pretrained(model_path)  # proves the model reference loads before any compute is spent
@@ -25,7 +28,21 @@ def build(req: SnapshotRequest) -> DatasetSnapshot:
         raise invalid(f"model {cfg.model!r} cannot be loaded: {exc}") from None
     if manifest.num_train < cfg.batch_size:
         raise invalid(f"{manifest.num_train} training rows cannot fill one batch of {cfg.batch_size}")
-    uri, reused = snapshot.publish_snapshot(req.storage_uri, manifest, splits)
+    return _publish(req, manifest, snapshot.parquet_files(splits))
+
+
+def build_images(req: SnapshotRequest, cfg: ImageTrainConfig) -> DatasetSnapshot:
+    try:
+        manifest, files = image_snapshot.build_image_snapshot(cfg)
+    except snapshot.DatasetError as exc:
+        raise invalid(str(exc)) from None
+    if manifest.num_train < cfg.batch_size:
+        raise invalid(f"{manifest.num_train} training images cannot fill one batch of {cfg.batch_size}")
+    return _publish(req, manifest, files)
+
+
+def _publish(req: SnapshotRequest, manifest, files: dict[str, bytes]) -> DatasetSnapshot:
+    uri, reused = snapshot.publish_snapshot(req.storage_uri, manifest, files)
     return DatasetSnapshot(snapshot_id=manifest.snapshot_id, uri=uri, manifest=manifest, reused=reused)
 
 

@@ -25,9 +25,9 @@ from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
 from ray_jobs import checkpointing, storage
-from ray_jobs.specs import NONRETRYABLE_MARKER, PROGRESS_FILE, TextJobSpec
+from ray_jobs.specs import NONRETRYABLE_MARKER, PROGRESS_FILE, JobSpec
 
-JOB_MODULE = "ray_jobs.text_job"
+JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job"}  # by config kind
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TTRAIN_RAY_MAX_FAILURES")
 LEDGER_QUERY_TIMEOUT_S = 5.0
 SIGNAL_RETRY_S = 300.0
@@ -160,7 +160,7 @@ class TrainingActivities:
             progress.step = max(progress.step, info.step)
 
     def _submit(self, inp: TrainAttemptInput, job_id: str, resume: CheckpointInfo | None) -> None:
-        spec = TextJobSpec(
+        spec = JobSpec(
             run_id=inp.run_id,
             ray_job_id=job_id,
             config=inp.config,
@@ -173,7 +173,7 @@ class TrainingActivities:
         spec_uri = storage.join(inp.options.storage_uri, "jobs", f"{job_id}.json")
         storage.write_json(spec_uri, spec.model_dump(mode="json"))
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        self.ray.submit(job_id, inp.run_id, JOB_MODULE, spec_uri, self.settings.ray_python, env)
+        self.ray.submit(job_id, inp.run_id, JOB_MODULES[inp.config.kind], spec_uri, self.settings.ray_python, env)
 
     async def _signal(self, name: str, payload) -> None:
         """Retried while Temporal is unreachable (a server restart): a lost signal would be a lost ledger entry."""

@@ -1,0 +1,177 @@
+"""`ttrain cifar10 train | scaleup | results`: image runs from the command line, on the same machinery as `train`.
+
+A train run is an ordinary CheckpointedTrainingWorkflow with an ImageTrainConfig; a scale-up is a ScaleUpWorkflow.
+Flags are shorthands for config keys (`--workers 2` is `--set scaling.num_workers=2`); `--set` reaches every key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+from orchestration import cli
+from orchestration.config_loading import ConfigError, load_config
+from orchestration.settings import Settings
+from orchestration.types import RunOptions, ScaleUpRequest, ScaleUpResult
+from orchestration.workflows.scaleup import ScaleUpWorkflow
+from ray_jobs.specs import ImageTrainConfig
+
+FLAG_KEYS = {
+    "dataset": "dataset",
+    "data": "data_path",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "arch": "arch",
+    "width": "width",
+}
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("cifar10", help="image classification (CIFAR-10, Fashion-MNIST) on Ray Train: train, scale up")
+    csub = c.add_subparsers(dest="cifar_command", required=True)
+    t = csub.add_parser("train", help="one checkpointed, durable image training run")
+    _config_flags(t)
+    t.add_argument("--workers", type=int, help="Ray Train workers (data-parallel replicas)")
+    t.add_argument("--run-id")
+    t.add_argument("--detach", action="store_true", help="print the run id and return")
+    s = csub.add_parser("scaleup", help="the same training at several worker counts: images/s and efficiency")
+    _config_flags(s)
+    s.add_argument("--workers", required=True, help="comma-separated worker counts, e.g. 1,2,4,8")
+    s.add_argument(
+        "--weak", action="store_true", help="weak scaling: keep the per-worker batch (default: strong, keep the global)"
+    )
+    s.add_argument("--id", help="scale-up id (default: a new one)")
+    s.add_argument("--detach", action="store_true")
+    s.add_argument("--json", action="store_true")
+    r = csub.add_parser("results", help="a scale-up's table (live while it runs)")
+    r.add_argument("scaleup_id")
+    r.add_argument("--json", action="store_true")
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML or JSON ImageTrainConfig")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--dataset", choices=["cifar10", "fashion-mnist", "synthetic"])
+    p.add_argument("--data", help="CIFAR-10 archive/folder/parquet folder, or Fashion-MNIST IDX folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch (scale-up: at one worker)")
+    p.add_argument("--arch", choices=["airbench", "resnet18"])
+    p.add_argument("--width", type=int)
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16 autocast, channels_last)")
+
+
+def _config(args, **extra: str) -> ImageTrainConfig:
+    sets = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag, None) is not None]
+    sets += ["scaling.use_gpu=true"] if args.gpu else []
+    sets += [f"{k}={v}" for k, v in extra.items()]
+    cfg = load_config(args.config, [*sets, *args.set], model=ImageTrainConfig)
+    if cfg.dataset == "cifar10" and cfg.data_path is None:
+        raise ConfigError(
+            "CIFAR-10 needs --data: the python archive (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz), "
+            "its extracted folder, or a folder of HF parquet files; or use --dataset fashion-mnist|synthetic"
+        )
+    return cfg
+
+
+async def cmd_train(args, settings: Settings) -> int:
+    config = _config(args, **({"scaling.num_workers": str(args.workers)} if args.workers else {}))
+    client = await cli._client(settings)
+    run_id = args.run_id or cli.new_run_id("img")
+    handle = await cli.start_training(client, settings, run_id, config)
+    print(
+        f"started run {run_id} ({config.dataset}, {config.arch}, {config.scaling.num_workers} workers)", file=sys.stderr
+    )
+    if args.detach:
+        print(run_id)
+        return 0
+    result = await cli.follow(client, handle)
+    cli.print_result(result)
+    m = result.metrics
+    print(f"images/s {m.get('images_per_s', 0):.0f} over {m.get('workers', 0):g} workers (training steps only)")
+    return 0
+
+
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--workers {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise ConfigError(f"--workers {text!r}: expected distinct counts >= 1")
+    return sorted(counts)
+
+
+async def cmd_scaleup(args, settings: Settings) -> int:
+    counts = _worker_counts(args.workers)
+    config = _config(args)
+    scaleup_id = args.id or f"scaleup-{uuid.uuid4().hex[:8]}"
+    req = ScaleUpRequest(
+        scaleup_id=scaleup_id,
+        config=config,
+        workers=counts,
+        scaling="weak" if args.weak else "strong",
+        options=RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue),
+    )
+    client = await cli._client(settings)
+    handle = await client.start_workflow(
+        ScaleUpWorkflow.run, req, id=scaleup_id, task_queue=settings.orchestration_queue
+    )
+    print(f"started scale-up {scaleup_id}: workers {counts}, {req.scaling} scaling", file=sys.stderr)
+    if args.detach:
+        print(scaleup_id)
+        return 0
+
+    async def line() -> str:
+        table = await handle.query(ScaleUpWorkflow.table)
+        return "  ".join(f"{r.workers}w:{r.state}" for r in table.rows)
+
+    print_scaleup(await cli.wait_reporting(handle, line, f"scale-up {scaleup_id}"), args.json)
+    return 0
+
+
+async def cmd_results(args, settings: Settings) -> int:
+    client = await cli._client(settings)
+    print_scaleup(await cli.query(client, args.scaleup_id, ScaleUpWorkflow.table, "scale-up"), args.json)
+    return 0
+
+
+def print_scaleup(result: ScaleUpResult, as_json: bool) -> None:
+    if as_json:
+        print(result.model_dump_json())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(v: float | None, fmt: str) -> str:
+        return format(v, fmt) if v is not None else ""
+
+    data = f"{result.dataset} (SYNTHETIC: throughput only)" if result.synthetic else result.dataset
+    target = f", target accuracy {result.target_accuracy}" if result.target_accuracy else ""
+    base = f"vs {result.baseline_workers} worker(s)" if result.baseline_workers else ""
+    out = Table(title=f"scale-up {result.scaleup_id}: {result.scaling} scaling, {data}{target}")
+    for col in ("workers", "global batch", "state", "images/s", f"efficiency {base}", "time to target s",
+                "final accuracy", "wall s", "note"):  # fmt: skip
+        out.add_column(col)
+    for r in result.rows:
+        out.add_row(
+            str(r.workers),
+            str(r.global_batch),
+            r.state,
+            num(r.images_per_s, ".0f"),
+            num(r.efficiency, ".2f"),
+            num(r.time_to_target_s, ".1f") if result.target_accuracy else "",
+            num(r.final_accuracy, ".4f"),
+            num(r.wall_time_s, ".0f"),
+            r.detail or r.run_id or "",
+        )
+    Console(width=200).print(out)
+    if result.plot_uri:
+        print(f"plot: {result.plot_uri}")
+
+
+COMMANDS = {"train": cmd_train, "scaleup": cmd_scaleup, "results": cmd_results}
+
+
+async def dispatch(args, settings: Settings) -> int:
+    return await COMMANDS[args.cifar_command](args, settings)
