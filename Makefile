@@ -50,6 +50,7 @@ bench: install
 	$(PY) bench/parallel.py
 	$(PY) bench/sweep_scale.py
 	$(PY) bench/sweep_efficiency.py
+	$(PY) bench/cifar_scaling.py
 
 clean:
 	rm -rf $(VENV) .ttrain

@@ -9,6 +9,7 @@ Import this module before anything that imports ray: Ray reads RAY_AUTH_MODE onc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,7 +26,8 @@ from typing import Any
 
 from cluster import local_stack
 from orchestration.settings import Settings
-from ray_jobs.specs import FineTuneConfig
+from orchestration.types import DatasetSnapshot, TrainingResult
+from ray_jobs.specs import FineTuneConfig, JobSpec, TrainConfig
 
 BENCH_ENV = {
     "TEMPORAL_ADDRESS": "127.0.0.1:37233",
@@ -132,3 +134,54 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for row in rows:
         table.add_row(*("-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
     Console(width=200).print(table)
+
+
+POLL_S = 0.25  # how often a bare run asks Ray whether its job has ended
+
+
+def bare_run(settings: Settings, ray, run_id: str, config: TrainConfig, snap: DatasetSnapshot) -> float:
+    """Submit the job exactly as the training activity does (same module, spec, env), without Temporal. -> wall s."""
+    from ray.job_submission import JobStatus
+
+    from orchestration.activities.training import FORWARDED_ENV, JOB_MODULES, runs_root
+    from ray_jobs import storage
+
+    t0 = time.monotonic()
+    job_id = f"{run_id}--bare"
+    spec = JobSpec(
+        run_id=run_id,
+        ray_job_id=job_id,
+        config=config,
+        snapshot_uri=snap.uri,
+        storage_path=runs_root(settings.storage_uri),
+    )
+    spec_uri = storage.join(settings.storage_uri, "jobs", f"{job_id}.json")
+    storage.write_json(spec_uri, spec.model_dump(mode="json"))
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    ray.submit(job_id, run_id, JOB_MODULES[config.kind], spec_uri, settings.ray_python, env)
+    while not (status := ray.status(job_id)).is_terminal():
+        time.sleep(POLL_S)
+    wall = time.monotonic() - t0
+    if status != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"bare job {job_id} ended {status.value}:\n{ray.logs_tail(job_id)}")
+    return wall
+
+
+def orchestrated_run(
+    settings: Settings, run_id: str, config: TrainConfig, snap: DatasetSnapshot
+) -> tuple[float, TrainingResult]:
+    """start_training and wait for the workflow's result, as `ttrain train` does. -> (wall s, result)."""
+    from orchestration.cli import start_training
+    from orchestration.client import connect
+
+    async def go() -> tuple[float, TrainingResult]:
+        client = await connect(settings)
+        t0 = time.monotonic()
+        handle = await start_training(client, settings, run_id, config)
+        result = await handle.result()
+        return time.monotonic() - t0, result
+
+    wall, result = asyncio.run(go())
+    if result.snapshot_id != snap.snapshot_id:
+        raise RuntimeError(f"{run_id} trained on snapshot {result.snapshot_id}, the bare runs on {snap.snapshot_id}")
+    return wall, result

@@ -25,28 +25,21 @@ Prints a table per run and a summary; writes bench/out/overhead.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import _stack  # sets the bench environment (ports, RAY_AUTH_MODE) before anything below imports ray
 
 # isort: split
 
-from ray.job_submission import JobStatus
 
 from orchestration.activities.snapshot import build as build_snapshot
-from orchestration.activities.training import FORWARDED_ENV, JOB_MODULES, runs_root
-from orchestration.cli import start_training
-from orchestration.client import connect
 from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
-from orchestration.types import DatasetSnapshot, SnapshotRequest, TrainingResult
+from orchestration.types import DatasetSnapshot, SnapshotRequest
 from ray_jobs import storage
-from ray_jobs.specs import FineTuneConfig, JobSpec
+from ray_jobs.specs import FineTuneConfig
 
 POLL_S = 0.25  # how often the bare variant asks Ray whether its job has ended
 GOAL_RATIO = 0.98
@@ -88,47 +81,6 @@ def config_for(steps: int, checkpoints: int) -> FineTuneConfig:
 # the two variants
 
 
-def bare_run(
-    settings: Settings, ray: RaySubmission, run_id: str, config: FineTuneConfig, snap: DatasetSnapshot
-) -> float:
-    """Submit the job exactly as the training activity does (same module, spec, env), without Temporal. -> wall s."""
-    t0 = time.monotonic()
-    job_id = f"{run_id}--bare"
-    spec = JobSpec(
-        run_id=run_id,
-        ray_job_id=job_id,
-        config=config,
-        snapshot_uri=snap.uri,
-        storage_path=runs_root(settings.storage_uri),
-    )
-    spec_uri = storage.join(settings.storage_uri, "jobs", f"{job_id}.json")
-    storage.write_json(spec_uri, spec.model_dump(mode="json"))
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    ray.submit(job_id, run_id, JOB_MODULES["text"], spec_uri, settings.ray_python, env)
-    while not (status := ray.status(job_id)).is_terminal():
-        time.sleep(POLL_S)
-    wall = time.monotonic() - t0
-    if status != JobStatus.SUCCEEDED:
-        raise RuntimeError(f"bare job {job_id} ended {status.value}:\n{ray.logs_tail(job_id)}")
-    return wall
-
-
-def orchestrated_run(settings: Settings, run_id: str, config: FineTuneConfig, snap: DatasetSnapshot) -> float:
-    """start_training and wait for the workflow's result, as `ttrain train` does. -> wall s."""
-
-    async def go() -> tuple[float, TrainingResult]:
-        client = await connect(settings)
-        t0 = time.monotonic()
-        handle = await start_training(client, settings, run_id, config)
-        result = await handle.result()
-        return time.monotonic() - t0, result
-
-    wall, result = asyncio.run(go())
-    if result.snapshot_id != snap.snapshot_id:
-        raise RuntimeError(f"{run_id} trained on snapshot {result.snapshot_id}, the bare runs on {snap.snapshot_id}")
-    return wall
-
-
 def throughput(settings: Settings, run_id: str, total_steps: int) -> tuple[float, int]:
     """Steady-state steps/s from the intermediate checkpoints' created_at stamps; (nan, n) if fewer than two."""
     states = [json.loads(p.read_text()) for p in _stack.run_dir(settings, run_id).glob("step_*/train_state.json")]
@@ -155,9 +107,9 @@ def measure(
     run_id = f"ovh-{steps}s-r{repeat}-{variant}"
     config = config_for(steps, args.checkpoints)
     if variant == "bare":
-        wall = bare_run(settings, ray, run_id, config, snap)
+        wall = _stack.bare_run(settings, ray, run_id, config, snap)
     else:
-        wall = orchestrated_run(settings, run_id, config, snap)
+        wall = _stack.orchestrated_run(settings, run_id, config, snap)[0]
     thr, used = throughput(settings, run_id, steps)
     storage.delete_dir(str(_stack.run_dir(settings, run_id)))  # ~200 MB a checkpoint: keep the disk clear
     run = Run(steps, repeat, variant, run_id, wall, thr, wall - steps / thr, used)

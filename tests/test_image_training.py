@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors
 from safetensors.torch import load_file
@@ -32,15 +33,16 @@ pytestmark = pytest.mark.integration
 STEPS = 6
 
 
-def submit(stack, run_id: str, config: ImageTrainConfig) -> str:
+def submit(stack, run_id: str, config: ImageTrainConfig, part: int = 0, **resume) -> str:
     """The image job exactly as the training activity submits it, without Temporal; returns the Ray job id."""
     snap = build_snapshot(SnapshotRequest(run_id=run_id, config=config, storage_uri=stack.storage_uri))
     spec = JobSpec(
         run_id=run_id,
-        ray_job_id=f"{run_id}--job",
+        ray_job_id=f"{run_id}--job{part}",
         config=config,
         snapshot_uri=snap.uri,
         storage_path=runs_root(stack.storage_uri),
+        **resume,
     )
     spec_uri = storage.join(stack.storage_uri, "jobs", f"{spec.ray_job_id}.json")
     storage.write_json(spec_uri, spec.model_dump(mode="json"))
@@ -65,7 +67,8 @@ def checkpoint_states(run_uri: str) -> list[dict]:
 
 def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
     """DDP's contract, measured: same losses step by step, identical replicas, the same final weights.
-    Batch norm spans both workers (GlobalBatchNorm2d on gloo), augmentation is on."""
+    Batch norm spans both workers (GlobalBatchNorm2d on gloo), augmentation is on. And exact resume: a 2-worker
+    run stopped at step 3 and resumed from that checkpoint by a new job ends with the uninterrupted run's weights."""
     base = {
         "dataset": "fashion-mnist",
         "max_train_rows": 512,
@@ -76,13 +79,19 @@ def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
         "keep_last": STEPS,
         "lr": 0.01,  # at 0.05, max-pool argmax flips grow float rounding into 1e-4 loss gaps within 6 steps
     }
-    jobs = [  # side by side: 3 of the test cluster's 4 CPUs
+    two_workers = ImageTrainConfig.model_validate({**base, "scaling": {"num_workers": 2}})
+    jobs = [  # side by side: 3 of the test cluster's 4 CPUs, then the split run's halves
         submit(stack, "it-ddp-1w", ImageTrainConfig.model_validate(base)),
-        submit(stack, "it-ddp-2w", ImageTrainConfig.model_validate({**base, "scaling": {"num_workers": 2}})),
+        submit(stack, "it-ddp-2w", two_workers),
+        submit(stack, "it-ddp-split", two_workers, stop_at_step=3),
     ]
     for job_id in jobs:
         wait_for(stack, job_id)
-    one, two = (storage.join(runs_root(stack.storage_uri), run_id) for run_id in ("it-ddp-1w", "it-ddp-2w"))
+    one, two, split = (
+        storage.join(runs_root(stack.storage_uri), r) for r in ("it-ddp-1w", "it-ddp-2w", "it-ddp-split")
+    )
+    resume = {"resume_from_uri": storage.join(split, "step_00000003"), "resume_from_step": 3}
+    wait_for(stack, submit(stack, "it-ddp-split", two_workers, part=1, **resume))
     a, b = checkpoint_states(one), checkpoint_states(two)
     assert [s["step"] for s in a] == [s["step"] for s in b] == list(range(1, STEPS + 1))
     assert b[-1]["workers"] == 2 and a[-1]["workers"] == 1
@@ -96,6 +105,11 @@ def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
     wb = load_file(str(Path(two) / f"step_{STEPS:08d}" / checkpointing.WEIGHTS_FILE))
     worst = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
     assert worst <= 1e-4, f"final weights differ by {worst}"
+    resumed = load_file(str(Path(split) / f"step_{STEPS:08d}" / checkpointing.WEIGHTS_FILE))
+    assert all(torch.equal(resumed[k], wb[k]) for k in wb), (
+        "the resumed run does not end where the uninterrupted one does"
+    )
+    assert checkpoint_states(split)[-1]["loss"] == b[-1]["loss"]
 
 
 def train_worker_pids(stack) -> list[int]:
