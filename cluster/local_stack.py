@@ -1,4 +1,5 @@
-"""The local stack behind `ttrain up / down / ps`: Temporal dev server, Ray head, one worker per task queue.
+"""The local stack behind `ttrain up / down / ps`: Temporal dev server, Ray head, one worker per task queue
+(and, for a multi-node cluster on one machine, more Ray nodes joining the head: `start_ray_node`).
 
 Each process is started as the real binary (not through a shell) in its own session, so the pid recorded in
 `$TTRAIN_HOME/run/<name>.pid` is the process to signal, and it outlives the CLI that started it. `up` is idempotent:
@@ -171,9 +172,47 @@ def ray_temp_dir(settings: Settings) -> str:
     return f"/tmp/ttrain-ray-{hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]}"
 
 
-def start_ray(settings: Settings, num_cpus: int | None = None, resources: dict | None = None) -> int:
+def _moved_ports(base: int, head: bool) -> list[str]:
+    """Ray's per-node ports that have fixed defaults (or would collide on one machine), moved to base, base + 1, ...
+
+    Ray itself only knows one node per machine by default. Several stacks (tests, benchmarks) or several nodes of
+    one cluster on the same machine need each node's ports apart; worker ports (10002-19999) are Ray's own pool.
+    """
+    names = ["ray-client-server-port"] if head else ["node-manager-port", "object-manager-port"]
+    names += [
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    ]
+    return [f"--{name}={base + i}" for i, name in enumerate(names)]
+
+
+def _ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # `python` in a job's entrypoint must be this environment's interpreter; Ray's token auth stays on
+    return {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **ray_auth_env(),
+        **(extra or {}),
+    }
+
+
+def ray_gcs_port() -> int:
+    return int(os.environ.get("TTRAIN_RAY_GCS_PORT", "6379"))
+
+
+def start_ray(
+    settings: Settings,
+    num_cpus: int | None = None,
+    resources: dict | None = None,
+    gcs_port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """The Ray head with the dashboard / Jobs API at `settings.ray_address`; `env` adds to its environment
+    (e.g. Ray system config as `RAY_<name>` variables)."""
     host, dashboard_port = _host_port(settings.ray_address, 8265)
-    gcs_port = int(os.environ.get("TTRAIN_RAY_GCS_PORT", "6379"))
+    gcs_port = gcs_port or ray_gcs_port()
     argv = [
         _bin("ray"),
         "start",
@@ -188,25 +227,81 @@ def start_ray(settings: Settings, num_cpus: int | None = None, resources: dict |
         "--disable-usage-stats",
     ]
     if gcs_port != 6379:  # a second stack on this machine (tests, benchmarks): move Ray's other fixed ports too
-        argv += [
-            f"--ray-client-server-port={gcs_port + 1}",
-            f"--dashboard-agent-listen-port={gcs_port + 2}",
-            f"--dashboard-agent-grpc-port={gcs_port + 3}",
-            f"--metrics-export-port={gcs_port + 4}",
-            f"--runtime-env-agent-port={gcs_port + 5}",
-        ]
+        argv += _moved_ports(gcs_port + 1, head=True)
     if num_cpus is not None:
         argv.append(f"--num-cpus={num_cpus}")
     if resources:
         argv.append(f"--resources={json.dumps(resources)}")
-    # `python` in a job's entrypoint must be this environment's interpreter
-    env = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    pid = _spawn(settings, "ray", argv, env)
+    pid = _spawn(settings, "ray", argv, _ray_env(env))
     _wait(lambda: ray_jobs_api_up(settings), "Ray head (Jobs API)", 120, pid)
     return pid
+
+
+def start_ray_node(
+    settings: Settings,
+    name: str,
+    head_address: str,
+    port_base: int,
+    num_cpus: int | None = None,
+    resources: dict | None = None,
+    timeout: float = 120,
+) -> int:
+    """One more Ray node joining the head at `head_address` (its GCS, host:port): `ray start --address --block`,
+    in its own session, its pid in `$TTRAIN_HOME/run/<name>.pid` like every other service.
+
+    On another host this is just what a user runs there; it exists here so one machine can hold a multi-node
+    cluster (the multi-node tests): such a node needs its own node-manager, object-manager and agent ports
+    (`port_base` .. `port_base + 5`), and the token the head checks. Returns once the head lists the node alive.
+    """
+    host, _ = _host_port(head_address, 6379)
+    argv = [
+        _bin("ray"),
+        "start",
+        f"--address={head_address}",
+        "--block",
+        f"--node-ip-address={host}",
+        "--disable-usage-stats",
+        *_moved_ports(port_base, head=False),
+    ]
+    if num_cpus is not None:
+        argv.append(f"--num-cpus={num_cpus}")
+    if resources:
+        argv.append(f"--resources={json.dumps(resources)}")
+    pid = _spawn(settings, name, argv, _ray_env())
+    _wait(lambda: ray_node_alive(settings, pid), f"Ray node {name}", timeout, pid)
+    return pid
+
+
+def raylet_of(pid: int) -> tuple[int, str] | None:
+    """The raylet a `ray start --block` process (`pid`) runs, as (raylet pid, node id); Ray passes the node id on
+    the raylet's command line. None while it has none."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and argv[0].endswith(b"/raylet"):
+            ids = [a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--node_id=")]
+            if ids:
+                return int(proc.name), ids[0]
+    return None
+
+
+def ray_node_alive(settings: Settings, pid: int) -> bool:
+    """The head lists the node that `ray start` process `pid` runs as alive."""
+    from ray.util.state import list_nodes
+
+    raylet = raylet_of(pid)
+    if raylet is None:
+        return False
+    try:
+        nodes = list_nodes(address=settings.ray_dashboard_url)
+    except Exception:  # the dashboard is busy or restarting: not yet
+        return False
+    return any(n.node_id == raylet[1] and n.state == "ALIVE" for n in nodes)
 
 
 def worker_name(queue: str, index: int = 0) -> str:
@@ -274,8 +369,9 @@ def stop(settings: Settings, name: str, timeout: float = 30) -> bool:
 
 def known_services(settings: Settings) -> list[str]:
     names = [p.stem for p in run_dir(settings).glob("*.pid")] if run_dir(settings).exists() else []
-    order = {"worker": 0, "ray": 1, "temporal": 2}  # stop workers before the servers they talk to
-    return sorted(names, key=lambda n: (order.get(n.split("-")[0], 0), n))
+    # stop workers before the servers they talk to, and extra Ray nodes (`ray-node-*`) before the head
+    order = {"worker": 0, "ray-node": 1, "ray": 2, "temporal": 3}
+    return sorted(names, key=lambda n: (order.get("-".join(n.split("-")[:2]), order.get(n.split("-")[0], 0)), n))
 
 
 def down(settings: Settings) -> list[str]:
