@@ -148,12 +148,15 @@ def test_trainer_node_lost_mid_run_resumes_from_ledger_when_capacity_returns(tmp
     assert result.steps == STEPS and status.state == "completed"
     assert [c.step for c in status.checkpoints] == list(range(EVERY, STEPS + 1, EVERY))
     before_step = seen["before"].latest_checkpoint.step
-    # ledger entries written before the kill (by the first job) and after it (by a later one)
+    # ledger entries the first job wrote before the kill
     assert any(
         c.created_at.timestamp() < seen["killed_at"] and c.ray_job_id == seen["first_job"] for c in status.checkpoints
     )
-    after = [c for c in status.checkpoints if c.created_at.timestamp() > seen["killed_at"]]
-    assert after and all(c.ray_job_id != seen["first_job"] for c in after)
+    # and entries from a later job, all past the first job's: a worker of the lost node may still commit one
+    # checkpoint in the moment after its raylet dies (seen once), never after the new job has started
+    first = [c.step for c in status.checkpoints if c.ray_job_id == seen["first_job"]]
+    later = [c.step for c in status.checkpoints if c.ray_job_id != seen["first_job"]]
+    assert later and min(later) > max(first)
     # every later attempt submitted a new job resuming from the ledger, never from step 0
     assert len(status.attempts) >= 2
     for attempt in status.attempts[1:]:
