@@ -170,10 +170,19 @@ def publish_snapshot(root_uri: str, manifest: SnapshotManifest | ImageSnapshotMa
 
     Files go to a temp directory that is renamed into place, and the manifest is written last: a reader that finds
     the manifest finds every file, and two runs racing on one id both end with the same complete snapshot.
+    Object stores (s3://, gs://) cannot rename a directory: there each file is written in place (every object PUT
+    is atomic, racing writers write identical bytes), and the manifest still goes last.
     """
     final = storage.join(root_uri, "snapshots", manifest.snapshot_id)
     if storage.exists(storage.join(final, "manifest.json")):
         return final, True
+    fs, final_path = storage.resolve(final)
+    if fs.type_name in ("s3", "gcs"):
+        for name, data in files.items():
+            with fs.open_output_stream(f"{final_path}/{name}") as f:
+                f.write(data)
+        storage.write_json(storage.join(final, "manifest.json"), manifest.model_dump())
+        return final, False
     tmp = storage.join(root_uri, "snapshots", f".tmp-{manifest.snapshot_id}-{uuid.uuid4().hex[:8]}")
     fs, tmp_path = storage.resolve(tmp)
     fs.create_dir(tmp_path, recursive=True)
@@ -181,7 +190,6 @@ def publish_snapshot(root_uri: str, manifest: SnapshotManifest | ImageSnapshotMa
         with fs.open_output_stream(f"{tmp_path}/{name}") as f:
             f.write(data)
     storage.write_json(storage.join(tmp, "manifest.json"), manifest.model_dump())
-    _, final_path = storage.resolve(final)
     try:
         fs.move(tmp_path, final_path)
     except OSError:
