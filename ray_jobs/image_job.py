@@ -24,7 +24,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
-from ray_jobs import checkpointing, image_data, job_runner, text_data
+from ray_jobs import checkpointing, image_data, job_runner, sampling
 from ray_jobs.image_models import build_model, sync_batchnorm
 from ray_jobs.specs import ImageTrainConfig, JobSpec
 
@@ -78,8 +78,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     ddp.train()
     window_start = time.perf_counter()
     for step in range(start_step, stop):
-        epoch, pos = divmod(step, steps_per_epoch)
-        idx = text_data.batch_indices(text_data.epoch_order(n_train, cfg.seed, epoch), pos, cfg.batch_size, rank, world)
+        idx = sampling.step_rows(n_train, cfg.seed, step, cfg.batch_size, rank, world)
         idx = idx.to(device)
         x = train_x[idx]
         if cfg.augment:

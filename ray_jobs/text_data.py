@@ -1,8 +1,4 @@
-"""Snapshot rows → tokenized tensors, and the one deterministic batch order that makes exact resume possible.
-
-The order of step s is a pure function of (seed, epoch, s): a job resumed at step s draws exactly the batches the
-uninterrupted job would have, without replaying a data loader.
-"""
+"""Snapshot rows → tokenized tensors with fixed shapes (the batch order is `ray_jobs.sampling`'s)."""
 
 from __future__ import annotations
 
@@ -40,16 +36,6 @@ def tokenize(tokenizer, rows: dict[str, list], max_seq_length: int, regression: 
         "attention_mask": enc["attention_mask"],
         "labels": torch.tensor(rows["label"], dtype=dtype),
     }
-
-
-def epoch_order(num_rows: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(num_rows, generator=g)
-
-
-def batch_indices(order: torch.Tensor, pos: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
-    """Rank r takes every world-th row of the global batch: equal shares, and DDP's mean equals the global mean."""
-    return order[pos * batch_size : (pos + 1) * batch_size][rank::world]
 
 
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-from ray_jobs import checkpointing, job_runner, text_data
+from ray_jobs import checkpointing, job_runner, sampling, text_data
 from ray_jobs.models import resolve_model_path
 from ray_jobs.specs import FineTuneConfig, JobSpec
 
@@ -79,8 +79,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     loss_value = float("nan")
     model.train()
     for step in range(start_step, stop):
-        epoch, pos = divmod(step, steps_per_epoch)
-        idx = text_data.batch_indices(text_data.epoch_order(n_train, cfg.seed, epoch), pos, cfg.batch_size, rank, world)
+        idx = sampling.step_rows(n_train, cfg.seed, step, cfg.batch_size, rank, world)
         assert len(idx) == per_worker
         batch = {k: v.to(device) for k, v in text_data.trim_padding({k: v[idx] for k, v in train.items()}).items()}
         torch.manual_seed(checkpointing.step_seed(cfg.seed, step, rank))  # dropout: a function of the step alone

@@ -19,7 +19,7 @@ from orchestration import scaleup
 from orchestration.image_snapshot import build_image_snapshot, load_cifar10
 from orchestration.snapshot import DatasetError
 from orchestration.types import ClusterCapacity, RunOptions, ScaleUpRequest, ScaleUpRow
-from ray_jobs import image_data, text_data
+from ray_jobs import image_data, sampling
 from ray_jobs.specs import FASHION_MNIST_DIR, ImageTrainConfig
 
 
@@ -116,18 +116,18 @@ def test_synthetic_is_labelled_as_such() -> None:
 def test_rank_shares_of_a_step_are_the_one_worker_batch(world: int) -> None:
     """Batch rows and their augmentation depend on the step alone: N workers' shares rebuild one worker's batch."""
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    order = text_data.epoch_order(64, 7, 0)
+    order = sampling.epoch_order(64, 7, 0)
     aug = image_data.augmentation(7, step=3, batch_size=16)
-    one = image_data.augment(x[text_data.batch_indices(order, 3, 16, 0, 1)], *aug)
+    one = image_data.augment(x[sampling.batch_indices(order, 3, 16, 0, 1)], *aug)
     shares = [
-        image_data.augment(x[text_data.batch_indices(order, 3, 16, r, world)], *(t[r::world] for t in aug))
+        image_data.augment(x[sampling.batch_indices(order, 3, 16, r, world)], *(t[r::world] for t in aug))
         for r in range(world)
     ]
     rebuilt = torch.empty_like(one)
     for r, share in enumerate(shares):
         rebuilt[r::world] = share
     assert torch.equal(rebuilt, one)
-    assert not torch.equal(one, x[text_data.batch_indices(order, 3, 16, 0, 1)])  # augmentation did something
+    assert not torch.equal(one, x[sampling.batch_indices(order, 3, 16, 0, 1)])  # augmentation did something
 
 
 def _request(batch: int, scaling: str = "strong", **scaling_cfg) -> ScaleUpRequest:

@@ -10,7 +10,8 @@ import torch
 from orchestration.ledger import newest, record
 from orchestration.types import CheckpointInfo
 from ray_jobs.checkpointing import checkpoint_dir_name, step_seed
-from ray_jobs.text_data import batch_indices, epoch_order, trim_padding
+from ray_jobs.sampling import batch_indices, epoch_order
+from ray_jobs.text_data import trim_padding
 
 # --- batch order ----------------------------------------------------------------------------------------------------
 
