@@ -374,8 +374,10 @@ def known_services(settings: Settings) -> list[str]:
     return sorted(names, key=lambda n: (order.get("-".join(n.split("-")[:2]), order.get(n.split("-")[0], 0)), n))
 
 
-def down(settings: Settings) -> list[str]:
-    return [name for name in known_services(settings) if stop(settings, name)]
+def down(settings: Settings, timeout: float = 30) -> list[str]:
+    """Stop everything recorded in this state dir. `timeout` bounds each graceful stop: a Ray node's SIGTERM drain
+    can take ~30 s, which a throwaway stack (tests) need not wait for."""
+    return [name for name in known_services(settings) if stop(settings, name, timeout)]
 
 
 def ps(settings: Settings) -> list[Service]:

@@ -50,4 +50,4 @@ def stack(settings: Settings) -> Settings:
             local_stack.start_worker(settings, queue)
         yield settings
     finally:
-        local_stack.down(settings)
+        local_stack.down(settings, timeout=10)  # Ray's SIGTERM drain takes ~30 s; SIGKILL after 10 is fine here
