@@ -143,8 +143,7 @@ def bare_run(settings: Settings, ray, run_id: str, config: TrainConfig, snap: Da
     """Submit the job exactly as the training activity does (same module, spec, env), without Temporal. -> wall s."""
     from ray.job_submission import JobStatus
 
-    from orchestration.activities.training import FORWARDED_ENV, JOB_MODULES, runs_root
-    from ray_jobs import storage
+    from orchestration.activities.training import runs_root, submit_job
 
     t0 = time.monotonic()
     job_id = f"{run_id}--bare"
@@ -155,10 +154,7 @@ def bare_run(settings: Settings, ray, run_id: str, config: TrainConfig, snap: Da
         snapshot_uri=snap.uri,
         storage_path=runs_root(settings.storage_uri),
     )
-    spec_uri = storage.join(settings.storage_uri, "jobs", f"{job_id}.json")
-    storage.write_json(spec_uri, spec.model_dump(mode="json"))
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    ray.submit(job_id, run_id, JOB_MODULES[config.kind], spec_uri, settings.ray_python, env)
+    submit_job(ray, spec, settings.storage_uri, settings.ray_python)
     while not (status := ray.status(job_id)).is_terminal():
         time.sleep(POLL_S)
     wall = time.monotonic() - t0

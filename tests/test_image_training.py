@@ -19,7 +19,7 @@ from ray.util.state import list_actors
 from safetensors.torch import load_file
 
 from orchestration.activities.snapshot import build as build_snapshot
-from orchestration.activities.training import FORWARDED_ENV, JOB_MODULES, runs_root
+from orchestration.activities.training import runs_root, submit_job
 from orchestration.client import connect
 from orchestration.ray_submission import RUN_ID_KEY, RaySubmission
 from orchestration.types import RunStatus, SnapshotRequest
@@ -44,11 +44,7 @@ def submit(stack, run_id: str, config: ImageTrainConfig, part: int = 0, **resume
         storage_path=runs_root(stack.storage_uri),
         **resume,
     )
-    spec_uri = storage.join(stack.storage_uri, "jobs", f"{spec.ray_job_id}.json")
-    storage.write_json(spec_uri, spec.model_dump(mode="json"))
-    ray = RaySubmission(stack.ray_address)
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    ray.submit(spec.ray_job_id, run_id, JOB_MODULES["image"], spec_uri, stack.ray_python, env)
+    submit_job(RaySubmission(stack.ray_address), spec, stack.storage_uri, stack.ray_python)
     return spec.ray_job_id
 
 

@@ -64,6 +64,15 @@ def committed_checkpoints(run_uri: str, run_id: str, after_step: int) -> list[Ch
     return sorted(found, key=lambda c: c.step)
 
 
+def submit_job(ray: RaySubmission, spec: JobSpec, storage_uri: str, python: str) -> None:
+    """Write the spec next to the run's storage and submit `python -m <the kind's job module> --spec URI`; the one
+    way a ttrain job reaches Ray (the activity, and the benches and tests that run the same job without Temporal)."""
+    spec_uri = storage.join(storage_uri, "jobs", f"{spec.ray_job_id}.json")
+    storage.write_json(spec_uri, spec.model_dump(mode="json"))
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    ray.submit(spec.ray_job_id, spec.run_id, JOB_MODULES[spec.config.kind], spec_uri, python, env)
+
+
 class TrainingActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -170,10 +179,7 @@ class TrainingActivities:
             resume_from_step=resume.step if resume else 0,
             stop_at_step=inp.stop_at_step,
         )
-        spec_uri = storage.join(inp.options.storage_uri, "jobs", f"{job_id}.json")
-        storage.write_json(spec_uri, spec.model_dump(mode="json"))
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        self.ray.submit(job_id, inp.run_id, JOB_MODULES[inp.config.kind], spec_uri, self.settings.ray_python, env)
+        submit_job(self.ray, spec, inp.options.storage_uri, self.settings.ray_python)
 
     async def _signal(self, name: str, payload) -> None:
         """Retried while Temporal is unreachable (a server restart): a lost signal would be a lost ledger entry."""
