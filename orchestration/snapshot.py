@@ -177,22 +177,24 @@ def publish_snapshot(root_uri: str, manifest: SnapshotManifest | ImageSnapshotMa
     if storage.exists(storage.join(final, "manifest.json")):
         return final, True
     fs, final_path = storage.resolve(final)
-    if fs.type_name in ("s3", "gcs"):
-        for name, data in files.items():
-            with fs.open_output_stream(f"{final_path}/{name}") as f:
-                f.write(data)
-        storage.write_json(storage.join(final, "manifest.json"), manifest.model_dump())
-        return final, False
-    tmp = storage.join(root_uri, "snapshots", f".tmp-{manifest.snapshot_id}-{uuid.uuid4().hex[:8]}")
-    fs, tmp_path = storage.resolve(tmp)
-    fs.create_dir(tmp_path, recursive=True)
+    in_place = fs.type_name in ("s3", "gcs")
+    target = (
+        final
+        if in_place
+        else storage.join(root_uri, "snapshots", f".tmp-{manifest.snapshot_id}-{uuid.uuid4().hex[:8]}")
+    )
+    _, target_path = storage.resolve(target)
+    if not in_place:
+        fs.create_dir(target_path, recursive=True)
     for name, data in files.items():
-        with fs.open_output_stream(f"{tmp_path}/{name}") as f:
+        with fs.open_output_stream(f"{target_path}/{name}") as f:
             f.write(data)
-    storage.write_json(storage.join(tmp, "manifest.json"), manifest.model_dump())
+    storage.write_json(storage.join(target, "manifest.json"), manifest.model_dump())
+    if in_place:
+        return final, False
     try:
-        fs.move(tmp_path, final_path)
+        fs.move(target_path, final_path)
     except OSError:
-        fs.delete_dir(tmp_path)  # another run published the same id first: its files are byte-identical
+        fs.delete_dir(target_path)  # another run published the same id first: its files are byte-identical
         return final, True
     return final, False
