@@ -16,8 +16,22 @@ from temporalio.worker import Worker
 
 from orchestration.client import connect
 from orchestration.settings import Settings
+from orchestration.workflows.coordinator import CoordinatorWorkflow
+from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
+from orchestration.workflows.scaleup import ScaleUpWorkflow
+from orchestration.workflows.sweep import SweepWorkflow
+from orchestration.workflows.training import CheckpointedTrainingWorkflow
 
 Queue = Literal["training", "orchestration"]
+# Every workflow type the orchestration worker runs; the replay test replays a recorded history of each.
+WORKFLOWS = [
+    CheckpointedTrainingWorkflow,
+    InferenceWorkflow,
+    EvaluationWorkflow,
+    CoordinatorWorkflow,
+    SweepWorkflow,
+    ScaleUpWorkflow,
+]
 
 
 def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
@@ -40,23 +54,11 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
     from orchestration.activities.run_cache import lookup_run, remember_run
     from orchestration.activities.scaleup import plot_scaleup
     from orchestration.activities.sweeps import SWEEP_ACTIVITIES
-    from orchestration.workflows.coordinator import CoordinatorWorkflow
-    from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
-    from orchestration.workflows.scaleup import ScaleUpWorkflow
-    from orchestration.workflows.sweep import SweepWorkflow
-    from orchestration.workflows.training import CheckpointedTrainingWorkflow
 
     return Worker(
         client,
         task_queue=settings.orchestration_queue,
-        workflows=[
-            CheckpointedTrainingWorkflow,
-            InferenceWorkflow,
-            EvaluationWorkflow,
-            CoordinatorWorkflow,
-            SweepWorkflow,
-            ScaleUpWorkflow,
-        ],
+        workflows=WORKFLOWS,
         activities=[
             resolve_run,
             predict,
