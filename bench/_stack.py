@@ -99,8 +99,15 @@ def bench_config(**overrides: Any) -> FineTuneConfig:
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
-    """Where a run's checkpoints (step_XXXXXXXX/) and progress.json live; local storage only, as the bench uses."""
+    """Where a run's jobs keep their checkpoints (`<job id>/step_XXXXXXXX/`) and progress.json; local storage only,
+    as the bench uses."""
     return Path(settings.storage_uri) / "runs" / run_id
+
+
+def checkpoint_states(settings: Settings, run_id: str) -> list[dict]:
+    """train_state.json of every checkpoint of every job of the run, in step order."""
+    states = [json.loads(p.read_text()) for p in run_dir(settings, run_id).glob("*/step_*/train_state.json")]
+    return sorted(states, key=lambda s: s["step"])
 
 
 def environment(args: Any) -> dict[str, Any]:

@@ -31,7 +31,6 @@ import _stack  # sets the bench environment (ports, RAY_AUTH_MODE) before anythi
 from orchestration.activities.snapshot import build as build_snapshot
 from orchestration.ray_submission import RaySubmission
 from orchestration.types import SnapshotRequest
-from ray_jobs import storage
 from ray_jobs.specs import ImageTrainConfig
 
 GOAL_RATIO = 0.98
@@ -88,8 +87,7 @@ def measure(settings, ray, snap, args, workers: int, repeat: int, variant: str) 
     run_id = f"cifar-{variant}-w{workers}-r{repeat}"
     if variant == "bare":
         wall = _stack.bare_run(settings, ray, run_id, config, snap)
-        name = max(p.name for p in _stack.run_dir(settings, run_id).glob("step_*"))
-        metrics = storage.read_json(str(_stack.run_dir(settings, run_id) / name / "train_state.json"))
+        metrics = _stack.checkpoint_states(settings, run_id)[-1]
     else:
         wall, result = _stack.orchestrated_run(settings, run_id, config, snap)
         metrics = result.metrics

@@ -25,7 +25,6 @@ Prints a table per run and a summary; writes bench/out/overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -83,8 +82,7 @@ def config_for(steps: int, checkpoints: int) -> FineTuneConfig:
 
 def throughput(settings: Settings, run_id: str, total_steps: int) -> tuple[float, int]:
     """Steady-state steps/s from the intermediate checkpoints' created_at stamps; (nan, n) if fewer than two."""
-    states = [json.loads(p.read_text()) for p in _stack.run_dir(settings, run_id).glob("step_*/train_state.json")]
-    mid = sorted((s for s in states if s["step"] < total_steps), key=lambda s: s["step"])
+    mid = [s for s in _stack.checkpoint_states(settings, run_id) if s["step"] < total_steps]
     if len(mid) < 2:
         return float("nan"), len(mid)
     first, last = mid[0], mid[-1]

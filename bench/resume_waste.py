@@ -9,7 +9,7 @@ on one stack:
   job-stop     the Ray job itself is stopped (JobSubmissionClient.stop_job) at a random step; the retry submits a
                new job that resumes from the newest committed checkpoint.
 Kill steps are drawn with a seeded random.Random (--seed) from [1, steps - every]. The live step is read from the
-run's progress.json (<storage>/runs/<run_id>/progress.json, written by rank 0 about every 2 s), so the interruption
+run's progress.json (<storage>/runs/<run_id>/<job id>/progress.json, written by rank 0 about every 2 s), so the interruption
 lands at the drawn step or a little after it; the table shows both.
 
 Per interrupted run: kill step, resumed-from step and reattached (RunStatus.attempts), resumes, steps recomputed,
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -100,10 +101,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def live_progress(settings: Settings, run_id: str) -> dict | None:
-    try:
-        return json.loads((_stack.run_dir(settings, run_id) / "progress.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    """The newest progress.json of the run's jobs (each job writes its own)."""
+    found = []
+    for path in _stack.run_dir(settings, run_id).glob("*/progress.json"):
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            found.append(json.loads(path.read_text()))
+    return max(found, key=lambda p: p["time"]) if found else None
 
 
 async def wait_for_step(settings: Settings, run_id: str, step: int, timeout: float) -> dict:

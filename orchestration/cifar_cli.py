@@ -12,6 +12,7 @@ import uuid
 
 from orchestration import cli
 from orchestration.config_loading import ConfigError, load_config
+from orchestration.launch import launch
 from orchestration.settings import Settings
 from orchestration.types import RunOptions, ScaleUpRequest, ScaleUpResult
 from orchestration.workflows.scaleup import ScaleUpWorkflow
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
     t.add_argument("--workers", type=int, help="Ray Train workers (data-parallel replicas)")
     t.add_argument("--run-id")
     t.add_argument("--detach", action="store_true", help="print the run id and return")
+    t.add_argument("--replace", action="store_true", help="cancel and start over a run already under --run-id")
     s = csub.add_parser("scaleup", help="the same training at several worker counts: images/s and efficiency")
     _config_flags(s)
     s.add_argument("--workers", required=True, help="comma-separated worker counts, e.g. 1,2,4,8")
@@ -43,6 +45,7 @@ def add_parser(sub) -> None:
     )
     s.add_argument("--id", help="scale-up id (default: a new one)")
     s.add_argument("--detach", action="store_true")
+    s.add_argument("--replace", action="store_true", help="cancel and start over a scale-up already under --id")
     s.add_argument("--json", action="store_true")
     r = csub.add_parser("results", help="a scale-up's table (live while it runs)")
     r.add_argument("scaleup_id")
@@ -78,14 +81,12 @@ async def cmd_train(args, settings: Settings) -> int:
     config = _config(args, **({"scaling.num_workers": str(args.workers)} if args.workers else {}))
     client = await cli._client(settings)
     run_id = args.run_id or cli.new_run_id("img")
-    handle = await cli.start_training(client, settings, run_id, config)
-    print(
-        f"started run {run_id} ({config.dataset}, {config.arch}, {config.scaling.num_workers} workers)", file=sys.stderr
-    )
+    launched = await cli.launch_training(client, settings, run_id, config, args.replace)
+    print(f"{launched.note} ({config.dataset}, {config.arch}, {config.scaling.num_workers} workers)", file=sys.stderr)
     if args.detach:
         print(run_id)
         return 0
-    result = await cli.follow(client, handle)
+    result = await cli.follow(client, launched.handle)
     cli.print_result(result)
     m = result.metrics
     print(f"images/s {m.get('images_per_s', 0):.0f} over {m.get('workers', 0):g} workers (training steps only)")
@@ -114,10 +115,18 @@ async def cmd_scaleup(args, settings: Settings) -> int:
         options=RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue),
     )
     client = await cli._client(settings)
-    handle = await client.start_workflow(
-        ScaleUpWorkflow.run, req, id=scaleup_id, task_queue=settings.orchestration_queue
+    launched = await launch(
+        client,
+        ScaleUpWorkflow.run,
+        req,
+        workflow_id=scaleup_id,
+        task_queue=settings.orchestration_queue,
+        what="scale-up",
+        identity=lambda r: r.model_dump(mode="json", include={"config", "workers", "scaling"}),
+        replace=args.replace,
     )
-    print(f"started scale-up {scaleup_id}: workers {counts}, {req.scaling} scaling", file=sys.stderr)
+    handle = launched.handle
+    print(f"{launched.note}: workers {counts}, {req.scaling} scaling", file=sys.stderr)
     if args.detach:
         print(scaleup_id)
         return 0

@@ -20,9 +20,12 @@ from temporalio.service import RPCError
 
 from orchestration.client import connect
 from orchestration.config_loading import ConfigError, load_config, read_mapping, validate
+from orchestration.errors import CliError
 from orchestration.experiments import load_experiments
+from orchestration.launch import Launched, launch
+from orchestration.ledger import newest
 from orchestration.settings import Settings
-from orchestration.sweeps.models import SweepLeaderboard, SweepSpec, SweepState
+from orchestration.sweeps.models import LIVE_SWEEP_SETTINGS, SweepLeaderboard, SweepSpec, SweepState
 from orchestration.types import (
     CoordinatorResult,
     EvaluationRequest,
@@ -39,7 +42,7 @@ from orchestration.workflows.coordinator import CoordinatorWorkflow
 from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
-from ray_jobs.specs import FineTuneConfig
+from ray_jobs.specs import TrainConfig
 
 DEMO_CONFIG = {
     "num_hidden_layers": 3,
@@ -56,10 +59,6 @@ DEMO_TEXTS = [
     "Two hours of my life I will never get back: dull, loud and badly written.",
     "The plot meanders, but the lead performance carries it to a moving finale.",
 ]
-
-
-class CliError(RuntimeError):
-    pass
 
 
 def new_run_id(prefix: str = "ft") -> str:
@@ -120,6 +119,7 @@ async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress |
     live = await live_progress(client, handle) if status.state == "training" else None
     if live is not None:
         status.ray_job_status = live.job_status  # PENDING: the cluster has no room for it yet, not a failure
+        status.waiting = live.waiting
         if live.step > status.step:
             status.step, status.total_steps = live.step, live.total_steps or status.total_steps
     return status, live
@@ -129,14 +129,41 @@ def status_json(status: RunStatus) -> dict:
     return status.model_dump(mode="json")
 
 
-async def start_training(client: Client, settings: Settings, run_id: str, config: FineTuneConfig, **options):
-    req = TrainingRequest(
-        run_id=run_id,
-        config=config,
-        options=RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue, **options),
-    )
+def training_request(settings: Settings, run_id: str, config: TrainConfig, **options) -> TrainingRequest:
+    opts = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue, **options)
+    return TrainingRequest(run_id=run_id, config=config, options=opts)
+
+
+async def start_training(client: Client, settings: Settings, run_id: str, config: TrainConfig, **options):
+    """Start a new run under an unused id (tests and benches); people go through `launch_training`."""
     return await client.start_workflow(
-        CheckpointedTrainingWorkflow.run, req, id=run_id, task_queue=settings.orchestration_queue
+        CheckpointedTrainingWorkflow.run,
+        training_request(settings, run_id, config, **options),
+        id=run_id,
+        task_queue=settings.orchestration_queue,
+    )
+
+
+async def launch_training(
+    client: Client, settings: Settings, run_id: str, config: TrainConfig, replace: bool = False, **options
+) -> Launched:
+    """Start a run, or attach to / report the run already under this id with the same config (a failed or
+    cancelled one continues from its newest checkpoint); a different config under a taken id is refused."""
+
+    async def from_last_checkpoint(req: TrainingRequest, old: WorkflowHandle) -> TrainingRequest:
+        status = await query(client, old.id, CheckpointedTrainingWorkflow.status, "run")
+        return req.model_copy(update={"resume_from": newest(*(c for c in status.checkpoints if not c.deleted))})
+
+    return await launch(
+        client,
+        CheckpointedTrainingWorkflow.run,
+        training_request(settings, run_id, config, **options),
+        workflow_id=run_id,
+        task_queue=settings.orchestration_queue,
+        what="run",
+        identity=lambda r: r.config.model_dump(mode="json"),
+        replace=replace,
+        retry=from_last_checkpoint,
     )
 
 
@@ -162,6 +189,8 @@ async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) ->
                 ckpt = status.latest_checkpoint.step if status.latest_checkpoint else "-"
                 loss = f"{live.loss:.4f}" if live and live.loss is not None else "-"
                 info = f"{status.state}  loss {loss}  ckpt {ckpt}  resumes {status.resumes}"
+                if status.waiting or status.state == "retrying":
+                    info += f"  ({status.waiting or status.last_failure})"
                 bar.update(task, completed=status.step, total=status.total_steps, info=info)
             except (CliError, RPCError):
                 pass  # the orchestration worker may be restarting: keep waiting for the result
@@ -206,12 +235,12 @@ async def cmd_train(args, settings: Settings) -> int:
         options["heartbeat_timeout_s"] = args.heartbeat_timeout
     if args.stall_timeout:
         options["stall_timeout_s"] = args.stall_timeout
-    handle = await start_training(client, settings, run_id, config, **options)
-    print(f"started run {run_id}", file=sys.stderr)
+    launched = await launch_training(client, settings, run_id, config, args.replace, **options)
+    print(launched.note, file=sys.stderr)
     if args.detach:
         print(run_id)
         return 0
-    print_result(await follow(client, handle))
+    print_result(await follow(client, launched.handle))
     return 0
 
 
@@ -223,8 +252,16 @@ async def cmd_status(args, settings: Settings) -> int:
     job = f" (Ray job {status.ray_job_status.lower()})" if status.ray_job_status else ""
     print(f"run {status.run_id}: {status.state}{job}, step {status.step}/{status.total_steps or '?'}")
     print(f"  snapshot {status.snapshot_id}  ray job {status.ray_job_id}  resumes {status.resumes}")
+    if status.waiting:
+        print(f"  waiting: {status.waiting}")
+    if status.last_failure and status.state != "completed":
+        retry = f"; next attempt at {status.retry_at:%H:%M:%S}" if status.retry_at else ""
+        print(f"  last failure: {status.last_failure} ({status.failures_without_progress} in a row{retry})")
+    if status.earlier_deleted_checkpoints:
+        print(f"  {status.earlier_deleted_checkpoints} earlier checkpoints deleted by keep_last")
     for c in status.checkpoints:
-        print(f"  checkpoint step {c.step:>6}  loss {c.metrics.get('loss', float('nan')):.4f}  {c.uri}")
+        where = "deleted by keep_last" if c.deleted else c.uri
+        print(f"  checkpoint step {c.step:>6}  loss {c.metrics.get('loss', float('nan')):.4f}  {where}")
     return 0
 
 
@@ -309,10 +346,18 @@ async def cmd_experiments(args, settings: Settings) -> int:
     options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
     req = load_experiments(args.file, options, args.max_concurrency)
     client = await _client(settings)
-    handle = await client.start_workflow(
-        CoordinatorWorkflow.run, req, id=req.experiment_id, task_queue=settings.orchestration_queue
+    launched = await launch(
+        client,
+        CoordinatorWorkflow.run,
+        req,
+        workflow_id=req.experiment_id,
+        task_queue=settings.orchestration_queue,
+        what="experiment set",
+        identity=lambda r: r.model_dump(mode="json", include={"experiments", "metric", "mode"}),
+        replace=args.replace,
     )
-    print(f"started experiments {req.experiment_id} ({len(req.experiments)} experiments)", file=sys.stderr)
+    handle = launched.handle
+    print(f"{launched.note} ({len(req.experiments)} experiments)", file=sys.stderr)
     if args.detach:
         print(req.experiment_id)
         return 0
@@ -385,8 +430,19 @@ async def cmd_sweep(args, settings: Settings) -> int:
     state = SweepState(
         spec=spec, options=options, search_attributes=os.environ.get("TTRAIN_SEARCH_ATTRIBUTES", "1") != "0"
     )
-    handle = await client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue=settings.orchestration_queue)
-    print(f"started sweep {spec.id} ({spec.strategy}, {spec.trials} trials)", file=sys.stderr)
+    launched = await launch(
+        client,
+        SweepWorkflow.run,
+        state,
+        workflow_id=spec.id,
+        task_queue=settings.orchestration_queue,
+        what="sweep",
+        identity=lambda s: s.spec.model_dump(mode="json", exclude=LIVE_SWEEP_SETTINGS),
+        replace=args.replace,
+        retry=lambda s, old: sweep_state_to_continue(client, old.id),
+    )
+    handle = launched.handle
+    print(f"{launched.note} ({spec.strategy}, {spec.trials} trials)", file=sys.stderr)
     if args.detach:
         print(spec.id)
         return 0
@@ -401,10 +457,19 @@ async def cmd_sweep(args, settings: Settings) -> int:
     return 0
 
 
+async def sweep_state_to_continue(client: Client, sweep_id: str) -> SweepState:
+    """A closed sweep's whole state (its last execution, replayed to answer the query), ready to run again."""
+    state = await query(client, sweep_id, SweepWorkflow.state, "sweep")
+    return state.model_copy(update={"stopping": False})
+
+
 async def cmd_sweep_ctl(args, settings: Settings) -> int:
     client = await _client(settings)
     handle = client.get_workflow_handle(args.sweep_id)
-    desc = await handle.describe()
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        raise CliError(f"sweep {args.sweep_id!r}: {exc.message}") from None
     running = desc.status is not None and desc.status.name == "RUNNING"
     if args.action in ("pause", "resume", "stop", "cancel", "concurrency", "budget") and not running:
         raise CliError(f"sweep {args.sweep_id} is not running")
@@ -418,10 +483,9 @@ async def cmd_sweep_ctl(args, settings: Settings) -> int:
         await handle.execute_update(SweepWorkflow.raise_budget, args.value)
     elif running:  # extend a live sweep: more trials
         await handle.execute_update(SweepWorkflow.add_trials, args.value)
-    else:  # extend a finished sweep: a new run of the same id, starting from its whole state and checkpoints
-        state: SweepState = await client.get_workflow_handle(args.sweep_id, result_type=SweepState).result()
+    else:  # extend a closed sweep (completed, failed or cancelled): a new run of the same id from its whole state
+        state = await sweep_state_to_continue(client, args.sweep_id)
         state.spec.trials += args.value
-        state.stopping = False
         await client.start_workflow(SweepWorkflow.run, state, id=args.sweep_id, task_queue=settings.orchestration_queue)
     print(f"sweep {args.sweep_id}: {args.action} sent")
     return 0
@@ -527,6 +591,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--run-id")
     t.add_argument("--detach", action="store_true", help="print the run id and return")
+    t.add_argument("--replace", action="store_true", help="cancel and start over a run already under --run-id")
     t.add_argument("--heartbeat-timeout", type=float, help="seconds without a heartbeat before an attempt is retried")
     t.add_argument("--stall-timeout", type=float, help="seconds without a new step before the Ray job is restarted")
     s = sub.add_parser("status", help="a run's state, step and checkpoint ledger")
@@ -548,6 +613,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("file")
     ex.add_argument("--max-concurrency", type=int)
     ex.add_argument("--detach", action="store_true")
+    ex.add_argument("--replace", action="store_true", help="cancel and start over a set already under its id")
     rs = sub.add_parser("results", help="an experiment set's results table (live while it runs)")
     rs.add_argument("experiment_id")
     fmt = rs.add_mutually_exclusive_group()
@@ -556,6 +622,7 @@ def parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run a hyperparameter sweep (random, ladder, tpe) from a YAML file")
     sw.add_argument("file")
     sw.add_argument("--detach", action="store_true")
+    sw.add_argument("--replace", action="store_true", help="cancel and start over a sweep already under its id")
     sc = sub.add_parser("sweep-ctl", help="pause, resume, stop, extend a sweep or change its concurrency")
     sc.add_argument("sweep_id")
     sc.add_argument("action", choices=["pause", "resume", "stop", "cancel", "extend", "budget", "concurrency"])

@@ -1,4 +1,4 @@
-"""The one failure type that must never be retried: the input itself is wrong."""
+"""The two kinds of failure ttrain names: input that must never be retried, and what a user is told in one line."""
 
 from __future__ import annotations
 
@@ -10,3 +10,7 @@ INVALID_INPUT = "InvalidInput"
 def invalid(message: str) -> ApplicationError:
     """Bad config or data: a retry would fail the same way, so Temporal must not retry it."""
     return ApplicationError(message, type=INVALID_INPUT, non_retryable=True)
+
+
+class CliError(RuntimeError):
+    """A refusal or failure the CLI prints as one line (`ttrain: error: ...`) with a non-zero exit: no traceback."""

@@ -17,3 +17,11 @@ def record(ledger: list[CheckpointInfo], info: CheckpointInfo) -> bool:
     ledger.append(info)
     ledger.sort(key=lambda c: c.step)
     return True
+
+
+def mark_deleted(ledger: list[CheckpointInfo], steps: list[int]) -> None:
+    """keep_last removed these from storage: the ledger keeps the entries (their metrics are history) but says so."""
+    gone = set(steps)
+    for i, c in enumerate(ledger):
+        if c.step in gone and not c.deleted:
+            ledger[i] = c.model_copy(update={"deleted": True})

@@ -1,75 +1,115 @@
-"""The Ray Jobs API as the training activity needs it: submit idempotently, find a run's live job, stop it.
+"""The Ray Jobs API as the training activity needs it: submit idempotently, find a run's live job, stop jobs.
 
-Everything here is a blocking HTTP call; the activity runs it in a thread so heartbeats and cancellation go on.
+Every call is a blocking HTTP request with a timeout (Ray's client sends none: a hung dashboard would hang the
+caller for good); the activity runs them in a thread so heartbeats and cancellation go on. Transport errors,
+timeouts and server errors are `RayUnavailable`: the caller waits them out instead of failing the run.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
+from typing import Any
 
+import requests
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 RUN_ID_KEY = "ttrain_run_id"
 LIVE = {JobStatus.PENDING, JobStatus.RUNNING}
+REQUEST_TIMEOUT_S = 10.0
+_SERVER_ERROR = re.compile(r"status code 5\d\d")
+
+
+class RayUnavailable(ConnectionError):
+    """The Jobs API did not answer (refused, timed out, or a server error): transient by nature."""
+
+
+class _TimedClient(JobSubmissionClient):
+    """Ray's client with a timeout on every request, the version probe in its constructor included."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        super().__init__(address)
+
+    def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout_s)
+        return super()._do_request(method, endpoint, **kwargs)
 
 
 class RaySubmission:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.address = address
+        self.timeout_s = timeout_s
         self._client: JobSubmissionClient | None = None
 
-    @property
-    def client(self) -> JobSubmissionClient:
-        if self._client is None:  # connecting probes the dashboard: do it when first needed, not at worker start
-            self._client = JobSubmissionClient(self.address)
-        return self._client
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            if self._client is None:  # connecting probes the dashboard: do it when first needed, not at worker start
+                self._client = _TimedClient(self.address, self.timeout_s)
+            return getattr(self._client, method)(*args, **kwargs)
+        except (requests.exceptions.RequestException, ConnectionError) as exc:
+            raise RayUnavailable(f"Ray Jobs API at {self.address} unreachable: {type(exc).__name__}") from exc
+        except RuntimeError as exc:
+            if _SERVER_ERROR.search(str(exc)) and "already exists" not in str(exc):
+                raise RayUnavailable(f"Ray Jobs API at {self.address} failed: {str(exc)[:200]}") from exc
+            raise
 
     def status(self, job_id: str) -> JobStatus | None:
         try:
-            return self.client.get_job_status(job_id)
+            return self._call("get_job_status", job_id)
         except RuntimeError as exc:
             if "does not exist" in str(exc) or "404" in str(exc):
                 return None
             raise
 
+    def run_jobs(self, run_id: str, statuses: set[JobStatus] = LIVE) -> list[str]:
+        """Submission ids of this run's jobs in `statuses`, oldest first."""
+        jobs = [
+            j
+            for j in self._call("list_jobs")
+            if (j.metadata or {}).get(RUN_ID_KEY) == run_id and j.status in statuses and j.submission_id
+        ]
+        jobs.sort(key=lambda j: j.start_time or 0)
+        return [j.submission_id for j in jobs]
+
     def find_live(self, run_id: str, hint: str | None) -> str | None:
-        """The job to follow instead of submitting: the one the last heartbeat named if it is alive or finished
-        well while nobody watched, else any live job tagged with the run (a run has at most one)."""
+        """The job to follow instead of submitting: the one named by `hint` (the run's last attempt) if it is alive
+        or finished well while nobody watched, else the newest live job tagged with the run (a run has at most one)."""
         if hint is not None and self.status(hint) in {*LIVE, JobStatus.SUCCEEDED}:
             return hint
-        live = [
-            j
-            for j in self.client.list_jobs()
-            if (j.metadata or {}).get(RUN_ID_KEY) == run_id and j.status in LIVE and j.submission_id
-        ]
-        live.sort(key=lambda j: j.start_time or 0)
-        return live[-1].submission_id if live else None
+        live = self.run_jobs(run_id)
+        return live[-1] if live else None
 
     def submit(self, job_id: str, run_id: str, module: str, spec_uri: str, python: str, env: dict[str, str]) -> None:
         """Submitting an id that exists is refused by Ray: that refusal means an earlier try already submitted it."""
         if self.status(job_id) is not None:
             return
-        self.client.submit_job(
-            entrypoint=f"{python} -m {module} --spec {shlex.quote(spec_uri)}",
-            submission_id=job_id,
-            metadata={RUN_ID_KEY: run_id},
-            runtime_env={"env_vars": env} if env else None,
-        )
+        try:
+            self._call(
+                "submit_job",
+                entrypoint=f"{python} -m {module} --spec {shlex.quote(spec_uri)}",
+                submission_id=job_id,
+                metadata={RUN_ID_KEY: run_id},
+                runtime_env={"env_vars": env} if env else None,
+            )
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                raise
 
     def stop(self, job_id: str, wait_s: float = 60.0) -> None:
         """Ask Ray to stop the job and wait until it has: the caller promises no job outlives its run."""
         if self.status(job_id) not in LIVE:
             return
-        self.client.stop_job(job_id)
+        self._call("stop_job", job_id)
         deadline = time.monotonic() + wait_s
         while self.status(job_id) in LIVE and time.monotonic() < deadline:
             time.sleep(0.5)
 
     def logs_tail(self, job_id: str, chars: int = 4000) -> str:
         try:
-            return self.client.get_job_logs(job_id)[-chars:]
-        except RuntimeError:
+            return self._call("get_job_logs", job_id)[-chars:]
+        except (RuntimeError, RayUnavailable):
             return ""
 
 

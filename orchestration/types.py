@@ -15,7 +15,10 @@ from ray_jobs.specs import FineTuneConfig, ImageTrainConfig, Manifest, TrainConf
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Wire models tolerate fields they do not know (a newer worker may send them during a rolling upgrade), and
+    carry NaN and infinity as JSON constants: a diverged metric must never make a payload undecodable."""
+
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
 
 
 class CheckpointInfo(Model):
@@ -29,6 +32,7 @@ class CheckpointInfo(Model):
     content_hash: str
     created_at: datetime
     ray_job_id: str
+    deleted: bool = Field(default=False, description="removed from storage by keep_last retention")
 
 
 class DatasetSnapshot(Model):
@@ -46,7 +50,13 @@ class RunOptions(Model):
     heartbeat_timeout_s: float = Field(default=30.0, ge=1.0)
     stall_timeout_s: float = Field(default=600.0, ge=1.0, description="fail the attempt if the step stops advancing")
     poll_interval_s: float = Field(default=2.0, gt=0.0)
-    max_attempts: int = Field(default=20, ge=1)
+    max_failures_without_progress: int = Field(
+        default=8, ge=1, description="consecutive failed attempts with no new checkpoint before the run fails"
+    )
+    cluster_wait_s: float = Field(
+        default=3600.0, ge=0.0, description="how long an attempt waits out an unreachable Ray Jobs API or Temporal"
+    )
+    history_limit: int = Field(default=10_000, ge=100, description="events before the run continues as new")
 
 
 class TrainingRequest(Model):
@@ -55,6 +65,7 @@ class TrainingRequest(Model):
     options: RunOptions
     resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
     stop_at_step: int | None = Field(default=None, ge=1, description="train only up to here (a ladder rung)")
+    carried: RunCarry | None = Field(default=None, description="the run so far, handed over by continue-as-new")
 
 
 class SnapshotRequest(Model):
@@ -64,14 +75,17 @@ class SnapshotRequest(Model):
 
 
 class TrainAttemptInput(Model):
-    """What one training activity attempt starts from; a retry may find a newer checkpoint than `resume_from`."""
+    """What one training attempt starts from: the run's checkpoints that still exist (the newest is where a new job
+    resumes; the rest are what keep_last may delete), and the previous attempt's job and progress, to reattach."""
 
     run_id: str
     config: TrainConfig
     snapshot: DatasetSnapshot
     options: RunOptions
-    resume_from: CheckpointInfo | None = None
+    checkpoints: list[CheckpointInfo] = Field(default_factory=list)
     stop_at_step: int | None = None
+    reattach_job_id: str | None = None
+    previous: Progress | None = None
 
 
 class AttemptStarted(Model):
@@ -104,7 +118,7 @@ class TrainingResult(Model):
     wall_time_s: float
 
 
-RunState = Literal["snapshotting", "training", "completed", "failed"]
+RunState = Literal["snapshotting", "training", "retrying", "completed", "failed", "cancelled"]
 
 
 class RunStatus(Model):
@@ -120,10 +134,46 @@ class RunStatus(Model):
     snapshot_id: str | None
     snapshot_uri: str | None = None
     attempts: list[AttemptStarted]
+    last_failure: str | None = None
+    failures_without_progress: int = 0
+    retry_at: datetime | None = None
+    waiting: str | None = Field(default=None, description="what the live attempt is waiting out (from its heartbeat)")
+    earlier_deleted_checkpoints: int = 0
+    generation: int = 0
+
+
+class AttemptFailure(Model):
+    """A failed attempt as the retry rule sees it. `from_training_code`: raised inside the training loop, so the same
+    error from the same checkpoint twice in a row is deterministic."""
+
+    kind: str
+    message: str
+    checkpoint_step: int
+    from_training_code: bool = False
+
+
+class RetryState(Model):
+    failures_without_progress: int = 0
+    step_at_last_failure: int | None = None
+    last: AttemptFailure | None = None
+
+
+class RunCarry(Model):
+    """Everything a run knows that continue-as-new must not lose. Deleted checkpoints are dropped (counted only),
+    so what is carried stays small however long the run."""
+
+    snapshot: DatasetSnapshot | None
+    checkpoints: list[CheckpointInfo]
+    attempts: list[AttemptStarted]
+    retry: RetryState
+    started_at: datetime
+    earlier_deleted_checkpoints: int = 0
+    generation: int = 0
 
 
 class Progress(Model):
-    """Heartbeat details: a retried attempt reads these to reattach to the job and to know where it had got to."""
+    """Heartbeat details (and a failed attempt's error details): the next attempt reads them to reattach to the
+    job and to know where it had got to; `ttrain status` shows them live."""
 
     ray_job_id: str
     step: int = 0
@@ -132,6 +182,7 @@ class Progress(Model):
     job_status: str | None = None
     latest_checkpoint: CheckpointInfo | None = None
     updated_at: float = 0.0
+    waiting: str | None = Field(default=None, description="an outage being waited out, and since when")
 
 
 class InferenceRequest(Model):

@@ -40,12 +40,14 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
         from orchestration.activities.snapshot import create_snapshot
         from orchestration.activities.training import TrainingActivities
 
+        training = TrainingActivities(settings)
         return Worker(
             client,
             task_queue=settings.training_queue,
             activities=[
                 create_snapshot,
-                TrainingActivities(settings).train,
+                training.train,
+                training.stop_run_jobs,
                 ClusterActivities(settings).cluster_capacity,
             ],
             max_concurrent_activities=settings.max_concurrent_trainings,

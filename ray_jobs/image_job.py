@@ -73,6 +73,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     progress = job_runner.ProgressWriter(spec)
+    guard = job_runner.DivergenceGuard(device)
     measured_steps, measured_time, window_steps = 0, 0.0, 0
     loss = torch.zeros((), device=device)
     ddp.train()
@@ -93,12 +94,16 @@ def train_loop_per_worker(spec_json: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
 
         done, window_steps = step + 1, window_steps + 1
+        guard.observe(loss, done)
         warmup_over = done - start_step == WARMUP_STEPS
         checkpoint_due = done % cfg.checkpoint_every_steps == 0 or done == stop
         eval_due = done % eval_every == 0 or done == stop
         progress_due = rank == 0 and progress.due(done == stop)
-        if not (warmup_over or checkpoint_due or eval_due or progress_due):
+        guard_due = guard.due(done, checkpoint_due)
+        if not (warmup_over or checkpoint_due or eval_due or progress_due or guard_due):
             continue  # no host sync between these points: the GPU runs ahead
+        if guard_due:
+            guard.check()
         if gpu:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - window_start

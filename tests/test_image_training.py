@@ -25,6 +25,7 @@ from orchestration.ray_submission import RUN_ID_KEY, RaySubmission
 from orchestration.types import RunStatus, SnapshotRequest
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import checkpointing, storage
+from ray_jobs.outcome import job_dir
 from ray_jobs.specs import ImageTrainConfig, JobSpec
 from tests.helpers import assert_one_line_error, run, ttrain, wait_until
 
@@ -56,9 +57,14 @@ def wait_for(stack, job_id: str) -> None:
     assert status == JobStatus.SUCCEEDED, ray.logs_tail(job_id)
 
 
-def checkpoint_states(run_uri: str) -> list[dict]:
-    names = sorted(p.name for p in Path(run_uri).glob("step_*"))
-    return [storage.read_json(storage.join(run_uri, n, checkpointing.STATE_FILE)) for n in names]
+def job_uri(stack, job_id: str) -> str:
+    """Where one job's checkpoints are: `runs/<run id>/<job id>/` (job ids here are `<run id>--job<part>`)."""
+    return job_dir(storage.join(runs_root(stack.storage_uri), job_id.split("--")[0]), job_id)
+
+
+def checkpoint_states(job_uri: str) -> list[dict]:
+    names = sorted(p.name for p in Path(job_uri).glob("step_*"))
+    return [storage.read_json(storage.join(job_uri, n, checkpointing.STATE_FILE)) for n in names]
 
 
 def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
@@ -83,11 +89,11 @@ def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
     ]
     for job_id in jobs:
         wait_for(stack, job_id)
-    one, two, split = (
-        storage.join(runs_root(stack.storage_uri), r) for r in ("it-ddp-1w", "it-ddp-2w", "it-ddp-split")
-    )
+    one, two, split = (job_uri(stack, job_id) for job_id in jobs)
     resume = {"resume_from_uri": storage.join(split, "step_00000003"), "resume_from_step": 3}
-    wait_for(stack, submit(stack, "it-ddp-split", two_workers, part=1, **resume))
+    resumed_job = submit(stack, "it-ddp-split", two_workers, part=1, **resume)
+    wait_for(stack, resumed_job)
+    split = job_uri(stack, resumed_job)  # a new job writes its own directory: steps 4.. only
     a, b = checkpoint_states(one), checkpoint_states(two)
     assert [s["step"] for s in a] == [s["step"] for s in b] == list(range(1, STEPS + 1))
     assert b[-1]["workers"] == 2 and a[-1]["workers"] == 1

@@ -24,7 +24,7 @@ from orchestration.client import connect
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import storage
-from ray_jobs.specs import PROGRESS_FILE
+from ray_jobs.outcome import read_progress
 from tests.helpers import run, tiny_config, wait_until
 from tests.stack_util import group_members, own_env, teardown
 
@@ -125,8 +125,8 @@ def test_trainer_node_lost_mid_run_resumes_from_ledger_when_capacity_returns(tmp
         stalled = await handle.query(CheckpointedTrainingWorkflow.status)
         assert stalled.state == "training" and not train_workers(settings, "ALIVE")
         assert all(c.ray_job_id != waiting for c in stalled.checkpoints)
-        progress = storage.read_json(storage.join(settings.storage_uri, "runs", "mn-node-loss", PROGRESS_FILE))
-        assert progress["ray_job_id"] != waiting, "the new job trained without a trainer node"
+        run_uri = storage.join(settings.storage_uri, "runs", "mn-node-loss")
+        assert read_progress(run_uri, waiting) is None, "the new job trained without a trainer node"
 
         # capacity returns: a new node with the same command
         trainer = local_stack.start_ray_node(

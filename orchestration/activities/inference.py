@@ -22,12 +22,14 @@ from orchestration.types import (
     RunArtifacts,
     RunStatus,
 )
+from ray_jobs import storage
 from ray_jobs.predict import Predictor
 
 
 @activity.defn
 async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts:
-    """The run's newest checkpoint, or the one at `checkpoint_step`, and its dataset snapshot."""
+    """The run's newest checkpoint, or the one at `checkpoint_step`, and its dataset snapshot. A checkpoint that
+    keep_last (or a sweep's clean-up) removed is refused in one line that lists the steps still there."""
     handle = activity.client().get_workflow_handle(req.run_id)
     try:
         status = RunStatus.model_validate(await handle.query("status"))
@@ -36,14 +38,16 @@ async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts
     ledger: list[CheckpointInfo] = status.checkpoints
     if not ledger or status.snapshot_uri is None:
         raise invalid(f"run {req.run_id!r} has no committed checkpoint yet")
-    chosen = ledger[-1]
-    if req.checkpoint_step is not None:
-        matches = [c for c in ledger if c.step == req.checkpoint_step]
-        if not matches:
-            raise invalid(
-                f"run {req.run_id!r} has no checkpoint at step {req.checkpoint_step} ({[c.step for c in ledger]})"
-            )
-        chosen = matches[0]
+    present = await asyncio.to_thread(lambda: [c for c in ledger if not c.deleted and storage.exists(c.uri)])
+    wanted = req.checkpoint_step if req.checkpoint_step is not None else (present[-1].step if present else None)
+    chosen = next((c for c in present if c.step == wanted), None)
+    if chosen is None:
+        steps = [c.step for c in present]
+        if wanted is None:
+            raise invalid(f"run {req.run_id!r} has no checkpoint left in storage (all were deleted)")
+        known = any(c.step == wanted for c in ledger)
+        why = "was deleted (keep_last, or a sweep's clean-up)" if known else "was never committed"
+        raise invalid(f"run {req.run_id!r}: the checkpoint at step {wanted} {why}; available steps: {steps}")
     return RunArtifacts(checkpoint=chosen, snapshot_uri=status.snapshot_uri)
 
 

@@ -8,6 +8,7 @@ import math
 import random
 
 from temporalio import activity
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
 from orchestration.sweeps.models import GcRequest, PlotRequest, RungResult, TpeRequest, TrialSegment
 from orchestration.sweeps.space import Choice, IntRange, LogUniform
@@ -113,5 +114,15 @@ async def delete_runs(req: GcRequest) -> int:
     return len(req.run_uris)
 
 
+@activity.defn
+async def missing_search_attributes(names: list[str]) -> list[str]:
+    """Which of `names` this namespace does not know (a sweep publishes only attributes that exist)."""
+    client = activity.client()
+    known = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    return [n for n in names if n not in known.custom_attributes and n not in known.system_attributes]
+
+
 # Everything a sweep worker must register: the orchestration worker, the tests and the benches use this one list.
-SWEEP_ACTIVITIES = [propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs]
+SWEEP_ACTIVITIES = [propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs, missing_search_attributes]

@@ -1,9 +1,15 @@
-"""The training activity: one attempt at driving a run's Ray job to completion.
+"""The training activity: one attempt at driving a run's Ray job to completion; and stopping a run's jobs.
 
-An attempt starts from the newest checkpoint it can learn of (its own last heartbeat, the workflow's ledger, its
-input), reattaches to the run's Ray job if one is still alive, or submits a new one that resumes from that
-checkpoint. While the job runs it mirrors every checkpoint Ray commits into a CheckpointInfo signal, heartbeats
-progress, stops the job when cancelled, and fails (retryably) when the step stops advancing.
+An attempt reattaches to the run's Ray job if it is still alive (the previous attempt's job, or any job tagged with
+the run), or submits a new job that resumes from the newest checkpoint in the run's ledger. While the job runs it
+mirrors every checkpoint Ray commits into a CheckpointInfo signal, applies `keep_last` across all the run's jobs
+(signalling each deletion first, so the ledger never lists a checkpoint that is gone), heartbeats progress, and
+fails retryably when the step stops advancing. An unreachable Ray Jobs API or Temporal server is waited out inside
+the attempt, visibly (`ttrain status` shows what is waited for, and since when), for up to `cluster_wait_s`.
+
+Leaving is not stopping: a worker shutdown (a deploy), a heartbeat timeout or a stale attempt leaves the Ray job
+running for the next attempt to reattach. Only the workflow stops a run's jobs (`stop_run_jobs`), when the run is
+cancelled or has failed for good.
 """
 
 from __future__ import annotations
@@ -11,43 +17,45 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 import ray.train
 from ray.job_submission import JobStatus
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
+from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from orchestration.errors import invalid
 from orchestration.ledger import newest
-from orchestration.ray_submission import RaySubmission
+from orchestration.ray_submission import RaySubmission, RayUnavailable
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
 from ray_jobs import checkpointing, storage
-from ray_jobs.specs import NONRETRYABLE_MARKER, PROGRESS_FILE, JobSpec
+from ray_jobs.outcome import job_dir, read_outcome, read_progress
+from ray_jobs.specs import JobSpec
 
 JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job"}  # by config kind
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TTRAIN_RAY_MAX_FAILURES")
-LEDGER_QUERY_TIMEOUT_S = 5.0
-SIGNAL_RETRY_S = 300.0
+T = TypeVar("T")
 
 
 def runs_root(storage_uri: str) -> str:
     return storage.join(storage_uri, "runs")
 
 
-def committed_checkpoints(run_uri: str, run_id: str, after_step: int) -> list[CheckpointInfo]:
-    """Checkpoints Ray Train has committed (its checkpoint manager snapshot), newer than `after_step`."""
+def committed_checkpoints(job_uri: str, run_id: str, after_step: int) -> list[CheckpointInfo]:
+    """Checkpoints one job's Ray Train run has committed (its checkpoint manager snapshot), newer than `after_step`."""
     try:
-        result = ray.train.Result.from_path(run_uri)
+        result = ray.train.Result.from_path(job_uri)
     except RuntimeError:  # the job has not committed anything yet
         return []
     found = []
     for checkpoint, metrics in result.best_checkpoints:
         if int(metrics.get("step", -1)) <= after_step:
             continue
-        uri = storage.join(run_uri, os.path.basename(checkpoint.path))
+        uri = storage.join(job_uri, os.path.basename(checkpoint.path))
         state = storage.read_json(storage.join(uri, checkpointing.STATE_FILE))
         found.append(
             CheckpointInfo(
@@ -80,21 +88,71 @@ class TrainingActivities:
 
     @activity.defn
     async def train(self, inp: TrainAttemptInput) -> TrainAttemptResult:
-        info = activity.info()
-        previous = Progress.model_validate(info.heartbeat_details[0]) if info.heartbeat_details else None
-        resume = newest(inp.resume_from, previous and previous.latest_checkpoint, await self._ledger_newest())
-        run_uri = storage.join(runs_root(inp.options.storage_uri), inp.run_id)
+        return await _Attempt(self.ray, self.settings, inp).run()
 
-        job_id = await asyncio.to_thread(self.ray.find_live, inp.run_id, previous and previous.ray_job_id)
+    @activity.defn
+    async def stop_run_jobs(self, run_id: str) -> list[str]:
+        """Stop every live Ray job of the run and wait until each has stopped: a cancelled or failed run leaves no
+        job behind. Retried by the workflow while Ray is unreachable."""
+        stopped = []
+        for job_id in await asyncio.to_thread(self.ray.run_jobs, run_id):
+            activity.heartbeat(job_id)
+            await asyncio.to_thread(self.ray.stop, job_id)
+            stopped.append(job_id)
+        return stopped
+
+
+def _temporal_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, RPCError) and exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNKNOWN)
+
+
+class _Attempt:
+    def __init__(self, ray: RaySubmission, settings: Settings, inp: TrainAttemptInput) -> None:
+        self.ray, self.settings, self.inp, self.opts = ray, settings, inp, inp.options
+        self.run_uri = storage.join(runs_root(inp.options.storage_uri), inp.run_id)
+        self.ledger = [c for c in inp.checkpoints if not c.deleted]  # what exists, step order: keep_last's domain
+        resume = newest(*self.ledger)
+        self.progress = Progress(
+            ray_job_id="", step=resume.step if resume else 0, latest_checkpoint=resume, updated_at=time.time()
+        )
+        self.outage_ended = 0.0  # monotonic time the last outage ended: waiting out an outage is not a stall
+        self.max_backoff_s = max(1.0, min(15.0, self.opts.heartbeat_timeout_s / 3))
+
+    async def run(self) -> TrainAttemptResult:
+        ticker = asyncio.create_task(self._heartbeat_forever())
+        try:
+            job_id = await self._start()
+            return await self._follow(job_id)
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is not None and details.worker_shutdown:
+                raise self._failure(
+                    "the training worker shut down; its Ray job keeps running for the next attempt", "WorkerShutdown"
+                ) from None
+            raise  # cancelled by the workflow (which stops the run's jobs itself), or timed out / stale: leave it
+        finally:
+            ticker.cancel()
+
+    async def _heartbeat_forever(self) -> None:
+        """Heartbeats on their own clock: a slow storage read or an outage being waited out is not a dead worker,
+        and cancellation (delivered with heartbeat responses) arrives whatever the attempt is doing."""
+        every = min(self.opts.poll_interval_s, self.opts.heartbeat_timeout_s / 3)
+        while True:
+            activity.heartbeat(self.progress)
+            await asyncio.sleep(every)
+
+    async def _start(self) -> str:
+        info = activity.info()
+        job_id = await self._patiently(self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id)
         reattached = job_id is not None
         if job_id is None:
-            # unique per workflow execution, attempt and activity, and still led by the run id: a rerun of the same
-            # run id, or the next rung of a sweep trial, never mistakes an old job for its own
+            # unique per workflow execution and activity, and still led by the run id: a rerun of the same run id,
+            # or the next rung of a sweep trial, never mistakes an old job for its own
             job_id = f"{info.workflow_id}--{info.workflow_run_id[-8:]}-{info.activity_id}-{info.attempt}"
-            await asyncio.to_thread(self._submit, inp, job_id, resume)
-        resume_step = resume.step if resume else 0
-        lost_steps = 0 if reattached or previous is None else max(0, previous.step - resume_step)
-        downtime = 0.0 if reattached or previous is None else max(0.0, time.time() - previous.updated_at)
+            await self._patiently(self._submit, job_id)
+        self.progress.ray_job_id = job_id
+        previous, resume_step = self.inp.previous, self.progress.step
+        fresh = not reattached and previous is not None
         await self._signal(
             "attempt_started",
             AttemptStarted(
@@ -102,112 +160,151 @@ class TrainingActivities:
                 attempt=info.attempt,
                 reattached=reattached,
                 resumed_from_step=resume_step,
-                steps_recomputed=lost_steps,
-                time_lost_s=downtime,
+                steps_recomputed=max(0, previous.step - resume_step) if fresh else 0,
+                time_lost_s=max(0.0, time.time() - previous.updated_at) if fresh else 0.0,
             ),
         )
-        progress = Progress(ray_job_id=job_id, step=resume_step, latest_checkpoint=resume, updated_at=time.time())
-        activity.heartbeat(progress)
-        try:
-            return await self._follow(inp, job_id, run_uri, progress)
-        except asyncio.CancelledError:
-            await asyncio.to_thread(self.ray.stop, job_id)  # cancelled workflow: leave no GPU job behind
-            raise
+        return job_id
 
-    async def _follow(
-        self, inp: TrainAttemptInput, job_id: str, run_uri: str, progress: Progress
-    ) -> TrainAttemptResult:
-        opts = inp.options
-        last_advance = time.monotonic()
-        while True:
-            status = await asyncio.to_thread(self.ray.status, job_id)
-            last_step = progress.step
-            await self._mirror_checkpoints(inp, run_uri, progress)
-            live = await asyncio.to_thread(_read_progress, run_uri, job_id)
-            if live is not None and live["step"] > progress.step:
-                progress.step, progress.total_steps, progress.loss = live["step"], live["total_steps"], live["loss"]
-            progress.job_status = status.value if status else None
-            if progress.step > last_step or status != JobStatus.RUNNING:
-                last_advance = time.monotonic()  # a pending job is waiting for resources, not hung
-                progress.updated_at = time.time()
-            activity.heartbeat(progress)
-            if status is None:
-                raise ApplicationError(f"Ray job {job_id} disappeared from the cluster")
-            if status.is_terminal():
-                return await self._finish(inp, job_id, status, progress)
-            if time.monotonic() - last_advance > opts.stall_timeout_s:
-                await asyncio.to_thread(self.ray.stop, job_id)
-                raise ApplicationError(
-                    f"Ray job {job_id} made no progress past step {progress.step} in {opts.stall_timeout_s:.0f}s; "
-                    "stopped it, the retry resumes from the ledger",
-                    type="TrainingStalled",
-                )
-            await asyncio.sleep(opts.poll_interval_s)
-
-    async def _finish(
-        self, inp: TrainAttemptInput, job_id: str, status: JobStatus, progress: Progress
-    ) -> TrainAttemptResult:
-        if status == JobStatus.SUCCEEDED:
-            final = progress.latest_checkpoint
-            total = final.metrics.get("total_steps") if final else None
-            target = min(inp.stop_at_step, total) if inp.stop_at_step and total else total
-            if final is None or final.step != target:
-                raise ApplicationError(f"Ray job {job_id} succeeded but its final checkpoint is not committed")
-            return TrainAttemptResult(final_checkpoint=final, total_steps=final.step, ray_job_id=job_id)
-        logs = await asyncio.to_thread(self.ray.logs_tail, job_id)
-        if NONRETRYABLE_MARKER in logs:
-            reason = logs[logs.index(NONRETRYABLE_MARKER) + len(NONRETRYABLE_MARKER) + 1 :].strip().splitlines()[0]
-            raise invalid(f"Ray job {job_id} failed and would fail again: {reason}")
-        last_line = logs.strip().splitlines()[-1] if logs.strip() else "no logs"
-        raise ApplicationError(f"Ray job {job_id} ended {status.value}: {last_line}", type="RayJobFailed")
-
-    async def _mirror_checkpoints(self, inp: TrainAttemptInput, run_uri: str, progress: Progress) -> None:
-        after = progress.latest_checkpoint.step if progress.latest_checkpoint else -1
-        for info in await asyncio.to_thread(committed_checkpoints, run_uri, inp.run_id, after):
-            await self._signal("checkpoint_committed", info)
-            progress.latest_checkpoint = info
-            progress.step = max(progress.step, info.step)
-
-    def _submit(self, inp: TrainAttemptInput, job_id: str, resume: CheckpointInfo | None) -> None:
+    def _submit(self, job_id: str) -> None:
+        resume = self.progress.latest_checkpoint
         spec = JobSpec(
-            run_id=inp.run_id,
+            run_id=self.inp.run_id,
             ray_job_id=job_id,
-            config=inp.config,
-            snapshot_uri=inp.snapshot.uri,
-            storage_path=runs_root(inp.options.storage_uri),
+            config=self.inp.config,
+            snapshot_uri=self.inp.snapshot.uri,
+            storage_path=runs_root(self.opts.storage_uri),
             resume_from_uri=resume.uri if resume else None,
             resume_from_step=resume.step if resume else 0,
-            stop_at_step=inp.stop_at_step,
+            stop_at_step=self.inp.stop_at_step,
         )
-        submit_job(self.ray, spec, inp.options.storage_uri, self.settings.ray_python)
+        submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python)
 
-    async def _signal(self, name: str, payload) -> None:
-        """Retried while Temporal is unreachable (a server restart): a lost signal would be a lost ledger entry."""
-        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
-        deadline = time.monotonic() + SIGNAL_RETRY_S
+    async def _follow(self, job_id: str) -> TrainAttemptResult:
+        last_advance = time.monotonic()
         while True:
-            try:
-                await handle.signal(name, payload)
-                return
-            except RPCError as exc:
-                if time.monotonic() > deadline or exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNKNOWN):
-                    raise
-                await asyncio.sleep(1.0)
+            status = await self._patiently(self.ray.status, job_id)
+            before = self.progress.step
+            await self._mirror_checkpoints(job_id)
+            live = await asyncio.to_thread(read_progress, self.run_uri, job_id)
+            if live is not None and live.step > self.progress.step:
+                self.progress.step, self.progress.total_steps, self.progress.loss = (
+                    live.step,
+                    live.total_steps,
+                    live.loss,
+                )
+            self.progress.job_status = status.value if status else None
+            if self.progress.step > before or status != JobStatus.RUNNING:  # a pending job waits for room: not hung
+                last_advance = time.monotonic()
+                self.progress.updated_at = time.time()
+            last_advance = max(last_advance, self.outage_ended)
+            if status is None:
+                raise self._failure(f"Ray job {job_id} disappeared from the cluster (was the Ray head restarted?)")
+            if status.is_terminal():
+                return await self._finish(job_id, status)
+            if time.monotonic() - last_advance > self.opts.stall_timeout_s:
+                await self._patiently(self.ray.stop, job_id)
+                raise self._failure(
+                    f"no progress past step {self.progress.step} in {self.opts.stall_timeout_s:.0f}s; "
+                    "stopped the job, the next attempt resumes from the ledger",
+                    "TrainingStalled",
+                )
+            await asyncio.sleep(self.opts.poll_interval_s)
 
-    async def _ledger_newest(self) -> CheckpointInfo | None:
-        """The workflow's ledger can be ahead of our last heartbeat (heartbeats are throttled, signals are not)."""
-        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+    async def _finish(self, job_id: str, status: JobStatus) -> TrainAttemptResult:
+        if status == JobStatus.SUCCEEDED:
+            final = self.progress.latest_checkpoint
+            total = final.metrics.get("total_steps") if final else None
+            stop = self.inp.stop_at_step
+            target = min(stop, total) if stop and total else total
+            if final is None or final.step != target:
+                raise self._failure(f"Ray job {job_id} succeeded but its final checkpoint is not committed")
+            return TrainAttemptResult(final_checkpoint=final, total_steps=final.step, ray_job_id=job_id)
+        outcome = await asyncio.to_thread(read_outcome, self.run_uri, job_id)
+        if outcome is not None and outcome.status == "failed":
+            if outcome.deterministic:  # raised on purpose by the job's code: a rerun would only repeat it
+                raise ApplicationError(
+                    outcome.message or outcome.error_type, type=outcome.error_type, non_retryable=True
+                )
+            message = f"{outcome.error_type}: {outcome.message}"
+            raise self._failure(message, from_training_code=outcome.from_training_code)
+        logs = await asyncio.to_thread(self.ray.logs_tail, job_id)
+        last_line = logs.strip().splitlines()[-1] if logs.strip() else "no logs"
+        raise self._failure(f"Ray job {job_id} ended {status.value}: {last_line}")
+
+    async def _mirror_checkpoints(self, job_id: str) -> None:
+        after = self.progress.latest_checkpoint.step if self.progress.latest_checkpoint else -1
+        uri = job_dir(self.run_uri, job_id)
         try:
-            ledger = await asyncio.wait_for(handle.query("ledger"), LEDGER_QUERY_TIMEOUT_S)
-        except Exception as exc:  # no orchestration worker right now: heartbeat and input still stand
-            activity.logger.warning("ledger query failed, resuming from heartbeat/input: %s", exc)
-            return None
-        return newest(*(CheckpointInfo.model_validate(c) for c in ledger))
+            found = await asyncio.to_thread(committed_checkpoints, uri, self.inp.run_id, after)
+        except (OSError, ValueError) as exc:  # a snapshot being rewritten, a storage hiccup: read it next poll
+            activity.logger.warning("checkpoints of %s not readable yet: %s", job_id, exc)
+            return
+        for info in found:
+            await self._signal("checkpoint_committed", info)
+            self.ledger.append(info)
+            self.progress.latest_checkpoint = info
+            self.progress.step = max(self.progress.step, info.step)
+        if found:
+            await self._apply_keep_last()
 
+    async def _apply_keep_last(self) -> None:
+        """Keep the newest `keep_last` checkpoints of the whole run (every job's): the ledger hears of a deletion
+        before it happens, so it may list a file that lingers, never one that is gone."""
+        keep = self.inp.config.keep_last
+        doomed, self.ledger = self.ledger[:-keep], self.ledger[-keep:]
+        if not doomed:
+            return
+        await self._signal("checkpoints_deleted", [c.step for c in doomed])
+        for c in doomed:
+            try:
+                await asyncio.to_thread(storage.delete_dir, c.uri)
+            except OSError as exc:
+                activity.logger.warning("checkpoint %s not deleted: %s", c.uri, exc)
 
-def _read_progress(run_uri: str, job_id: str) -> dict | None:
-    try:
-        live = storage.read_json(storage.join(run_uri, PROGRESS_FILE))
-    except (FileNotFoundError, OSError, ValueError):
-        return None
-    return live if live.get("ray_job_id") == job_id else None
+    def _failure(self, message: str, kind: str = "RayJobFailed", from_training_code: bool = False) -> ApplicationError:
+        """A retryable failure that carries this attempt's progress (the next attempt reattaches or counts what was
+        lost from it) and whether the training code raised it (the workflow's same-error-twice rule)."""
+        return ApplicationError(message, self.progress, {"from_training_code": from_training_code}, type=kind)
+
+    async def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking Ray call, retried with backoff while the Jobs API is unreachable, for up to cluster_wait_s;
+        the outage is in the heartbeat (`ttrain status` shows it) for as long as it lasts."""
+        since: float | None = None
+
+        def waiting(state) -> None:
+            nonlocal since
+            since = since or time.time()
+            clock = time.strftime("%H:%M:%S", time.localtime(since))
+            limit = f"{self.opts.cluster_wait_s:.0f}s"
+            self.progress.waiting = f"{state.outcome.exception()} (since {clock}, waiting up to {limit})"
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(RayUnavailable),
+                wait=wait_exponential(min=1, max=self.max_backoff_s),
+                stop=stop_after_delay(self.opts.cluster_wait_s),
+                before_sleep=waiting,
+                reraise=True,
+            ):
+                with attempt:
+                    result = await asyncio.to_thread(fn, *args)
+        except RayUnavailable as exc:
+            raise self._failure(f"{exc} for over {self.opts.cluster_wait_s:.0f}s", "ClusterUnreachable") from None
+        if since is not None:
+            self.progress.waiting = None
+            self.outage_ended = time.monotonic()
+        return result
+
+    async def _signal(self, name: str, payload: Any) -> None:
+        """Retried while Temporal is unreachable (a server restart): a lost signal would be a lost ledger entry.
+        Addressed to the workflow id, so it reaches the run's current execution after a continue-as-new."""
+        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_temporal_unavailable),
+            wait=wait_exponential(min=1, max=self.max_backoff_s),
+            stop=stop_after_delay(self.opts.cluster_wait_s),
+            reraise=True,
+        ):
+            with attempt:
+                await handle.signal(name, payload)

@@ -17,13 +17,19 @@ BEST_SCORE = SearchAttributeKey.for_float("TtrainBestScore")
 BEST_RUNG = SearchAttributeKey.for_int("TtrainBestRung")
 TRIALS = SearchAttributeKey.for_int("TtrainTrials")
 SEARCH_ATTRIBUTES = (BEST_SCORE, BEST_RUNG, TRIALS)
+# Changed on a running sweep (updates, extend): not part of what makes a sweep file "the same sweep"
+LIVE_SWEEP_SETTINGS = {"trials", "max_total_steps", "max_gpu_hours", "max_concurrency"}
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Wire models (see `orchestration.types.Model`): unknown fields tolerated, NaN carried as a JSON constant."""
+
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
 
 
 class LadderSpec(_Model):
+    model_config = ConfigDict(extra="forbid")
+
     min_steps: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     eta: int = Field(default=3, ge=2)
@@ -37,6 +43,8 @@ class LadderSpec(_Model):
 
 class SweepSpec(_Model):
     """What a sweep file says. `trainer: simulated` replaces training by an instant synthetic learning curve."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")  # a typo in a sweep file is an error
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
     strategy: Literal["random", "ladder", "tpe"] = "random"
@@ -93,6 +101,7 @@ class Trial(_Model):
     state: Literal["running", "waiting", "completed", "failed"] = "running"
     results: list[RungResult] = Field(default_factory=list)
     error: str | None = None
+    note: str | None = Field(default=None, description="how its parameters came about, when not as the strategy says")
 
     @property
     def latest(self) -> RungResult | None:
@@ -112,6 +121,7 @@ class SweepState(_Model):
     stopping: bool = False
     generation: int = 0
     search_attributes: bool = True
+    warnings: list[str] = Field(default_factory=list, description="side jobs that failed without failing the sweep")
 
 
 class SweepLeaderboard(_Model):
@@ -126,6 +136,7 @@ class SweepLeaderboard(_Model):
     stopping: bool
     best: Trial | None
     trials: list[Trial]
+    warnings: list[str] = Field(default_factory=list)
 
 
 class TrialSegment(_Model):

@@ -10,12 +10,13 @@ carrying the state. Live control: pause / resume / stop signals; add-trials and 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.errors import INVALID_INPUT
@@ -23,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.sweeps.models import (
         BEST_RUNG,
         BEST_SCORE,
+        SEARCH_ATTRIBUTES,
         TRIALS,
         GcRequest,
         PlotRequest,
@@ -73,6 +75,8 @@ class SweepWorkflow:
 
     @workflow.run
     async def run(self, state: SweepState) -> SweepState:
+        if self.s.search_attributes and workflow.patched("check-search-attributes"):
+            await self._check_search_attributes()
         tasks: set[asyncio.Task] = set()
         while True:
             await workflow.wait_condition(lambda: self._startable() or self._finished() or self._should_drain())
@@ -146,17 +150,25 @@ class SweepWorkflow:
     async def _new_trial(self) -> Trial:
         spec = self.s.spec
         index = len(self.s.trials)
+        note = None
+        seeded = random.Random(spec.seed * 1_000_003 + index)
         if spec.strategy == "tpe":
             history = [(t.params, t.results[0].score) for t in self.s.trials if t.results]  # one budget: rung 0
-            params = await workflow.execute_activity(
-                "propose_tpe",
-                TpeRequest(space=spec.space, history=history, seed=spec.seed, index=index, mode=spec.mode),
-                result_type=dict,
-                **ACTIVITY,
-            )
+            try:
+                params = await workflow.execute_activity(
+                    "propose_tpe",
+                    TpeRequest(space=spec.space, history=history, seed=spec.seed, index=index, mode=spec.mode),
+                    result_type=dict,
+                    **ACTIVITY,
+                )
+            except ActivityError as exc:  # a proposal is advice: a seeded random draw keeps the sweep going
+                params, note = (
+                    spec.space.sample(seeded),
+                    f"TPE proposal failed, seeded random instead: {failure_message(exc)}",
+                )
         else:
-            params = spec.space.sample(random.Random(spec.seed * 1_000_003 + index))
-        trial = Trial(index=index, run_id=f"{spec.id}-t{index:04d}", params=params)
+            params = spec.space.sample(seeded)
+        trial = Trial(index=index, run_id=f"{spec.id}-t{index:04d}", params=params, note=note)
         self.s.trials.append(trial)
         self.by_run_id[trial.run_id] = trial
         return trial
@@ -172,6 +184,8 @@ class SweepWorkflow:
                 result = await workflow.execute_activity(activity_name, seg, result_type=RungResult, **ACTIVITY)
             self.s.steps_done += result.steps - (trial.latest.steps if trial.latest else 0)
             result.steps_spent = self.s.steps_done
+            if not math.isfinite(result.score):  # a diverged metric ranks nowhere: the trial failed, the sweep goes on
+                raise ApplicationError(f"{self.s.spec.metric} is {result.score} at step {result.steps}")
             trial.results.append(result)
             self.ladder.record(trial.run_id, result.rung, result.score)
             trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
@@ -221,7 +235,8 @@ class SweepWorkflow:
         return RungResult(rung=trial.rung, steps=ckpt.step, score=result.metrics[metric], checkpoint=ckpt)
 
     async def _finalize(self) -> None:
-        """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results."""
+        """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results. Both are side
+        jobs: retried, and if they still fail the sweep reports it in its warnings and ends as it would have."""
         best = self.leaderboard().best
         sweep_uri = storage.join(self.s.options.storage_uri, "sweeps", self.s.spec.id)
         if self.s.spec.trainer == "real":
@@ -229,13 +244,36 @@ class SweepWorkflow:
                 storage.join(self.s.options.storage_uri, "runs", run_id)
                 for run_id in gc_candidates(self.s.trials, self.ladder.top_rung, best)
             ]
-            await workflow.execute_activity("delete_runs", GcRequest(run_uris=losers), result_type=int, **ACTIVITY)
-        await workflow.execute_activity(
-            "plot_sweep",
-            PlotRequest(state=self.s, uri=storage.join(sweep_uri, "leaderboard.png")),
-            result_type=str,
-            **ACTIVITY,
-        )
+            await self._side_job("delete_runs", GcRequest(run_uris=losers), "checkpoint clean-up")
+        plot = PlotRequest(state=self.s, uri=storage.join(sweep_uri, "leaderboard.png"))
+        await self._side_job("plot_sweep", plot, "leaderboard plot")
+
+    async def _side_job(self, activity: str, arg, what: str) -> None:
+        try:
+            await workflow.execute_activity(activity, arg, **ACTIVITY)
+        except ActivityError as exc:
+            self._warn(f"{what} failed: {failure_message(exc)}")
+
+    def _warn(self, message: str) -> None:
+        workflow.logger.warning(message)
+        self.s.warnings.append(message)
+
+    async def _check_search_attributes(self) -> None:
+        """Upserting an attribute the server does not know fails every workflow task, forever: look first."""
+        names = [k.name for k in SEARCH_ATTRIBUTES]
+        try:
+            missing = await workflow.execute_activity(
+                "missing_search_attributes", names, result_type=list[str], **ACTIVITY
+            )
+        except ActivityError as exc:  # e.g. an API key without operator rights: publish nothing rather than risk it
+            missing = names
+            self._warn(f"could not list the namespace's search attributes ({failure_message(exc)})")
+        if missing:
+            self.s.search_attributes = False
+            self._warn(
+                f"search attributes {missing} are not registered on this Temporal namespace: the sweep publishes "
+                "none (register them with `temporal operator search-attribute create`)"
+            )
 
     # ---- live control ----
     @workflow.signal
@@ -284,6 +322,11 @@ class SweepWorkflow:
             raise ValueError(f"max concurrency must be >= 1 (got {n})")
 
     @workflow.query
+    def state(self) -> SweepState:
+        """Everything the sweep knows: answered also after it closed, so a failed or cancelled sweep can go on."""
+        return self.s
+
+    @workflow.query
     def leaderboard(self) -> SweepLeaderboard:
         sign = -1.0 if self.s.spec.mode == "max" else 1.0
         scored = [t for t in self.s.trials if t.results]
@@ -300,4 +343,5 @@ class SweepWorkflow:
             stopping=self.s.stopping,
             best=ranked[0] if ranked else None,
             trials=ranked + [t for t in self.s.trials if not t.results],
+            warnings=self.s.warnings,
         )

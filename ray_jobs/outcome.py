@@ -1,0 +1,79 @@
+"""What a Ray job tells the training activity that watches it: where it is, and why it ended.
+
+Each Ray job owns one directory, `<runs root>/<run id>/<ray job id>/`: Ray Train commits the job's checkpoints there
+(the Ray Train run is named after the job, so a new job never inherits an older job's checkpoints), and the job
+writes `progress.json` (its step between checkpoints) and, when it ends, `outcome.json`. Both are pydantic models,
+written by the job and read by the activity, so neither side guesses at the other's keys.
+
+Failures a rerun would only repeat are raised on purpose as `DeterministicJobError` subclasses; the activity fails
+the run at once on those, by type, and retries everything else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ray_jobs import storage
+
+PROGRESS_FILE = "progress.json"
+OUTCOME_FILE = "outcome.json"
+
+
+class DeterministicJobError(Exception):
+    """A failure the same input would meet again: never worth another attempt."""
+
+
+class InvalidJobInput(DeterministicJobError):
+    """The config, snapshot or checkpoint the job was given cannot be trained as given."""
+
+
+class Diverged(DeterministicJobError):
+    """The loss became NaN or infinite: a normal outcome for too high a learning rate, not a crash."""
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
+
+
+class JobProgress(_Wire):
+    """Rank 0's step between checkpoints (throttled): the activity heartbeats it, so `status` is live."""
+
+    ray_job_id: str
+    step: int
+    total_steps: int
+    loss: float
+    time: float
+
+
+class JobOutcome(_Wire):
+    """Why a job ended. `from_training_code`: the error was raised inside the training loop (as opposed to a lost
+    worker or node), so the same error from the same checkpoint twice in a row means it will not go away."""
+
+    ray_job_id: str
+    status: Literal["succeeded", "failed"]
+    error_type: str | None = None
+    message: str | None = None
+    deterministic: bool = False
+    from_training_code: bool = False
+
+
+def job_dir(run_uri: str, ray_job_id: str) -> str:
+    return storage.join(run_uri, ray_job_id)
+
+
+def read_progress(run_uri: str, ray_job_id: str) -> JobProgress | None:
+    """None until the job has written one (or while a write is in flight on a store without atomic renames)."""
+    try:
+        return JobProgress.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), PROGRESS_FILE)))
+    except (OSError, ValueError):
+        return None
+
+
+def read_outcome(run_uri: str, ray_job_id: str) -> JobOutcome | None:
+    """None when the job's driver never got to write one (it was killed, or its node was lost)."""
+    try:
+        return JobOutcome.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), OUTCOME_FILE)))
+    except (OSError, ValueError):
+        return None
