@@ -20,7 +20,7 @@ from temporalio.service import RPCError
 
 from orchestration.client import connect
 from orchestration.config_loading import ConfigError, load_config, read_mapping, validate
-from orchestration.errors import CliError
+from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
 from orchestration.launch import Launched, launch
 from orchestration.ledger import newest
@@ -65,13 +65,6 @@ def new_run_id(prefix: str = "ft") -> str:
     return f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
 
 
-def root_cause(exc: BaseException) -> str:
-    """The innermost failure message: what the user needs, not the chain of wrappers around it."""
-    while getattr(exc, "cause", None) is not None or exc.__cause__ is not None:
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return str(exc) or type(exc).__name__
-
-
 async def _client(settings: Settings) -> Client:
     try:
         return await connect(settings)
@@ -110,7 +103,7 @@ async def wait_reporting(handle: WorkflowHandle, line, what: str, every_s: float
     try:
         return result_task.result()
     except WorkflowFailureError as exc:
-        raise CliError(f"{what} failed: {root_cause(exc)}") from None
+        raise CliError(f"{what} failed: {root_message(exc)}") from None
 
 
 async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress | None]:
@@ -198,7 +191,7 @@ async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) ->
         try:
             result = result_task.result()
         except WorkflowFailureError as exc:
-            raise CliError(f"run {handle.id} failed: {root_cause(exc)}") from None
+            raise CliError(f"run {handle.id} failed: {root_message(exc)}") from None
         bar.update(task, completed=result.steps, total=result.steps, info="completed")
     return result
 
@@ -218,7 +211,7 @@ async def execute(client: Client, settings: Settings, run, req, workflow_id: str
     try:
         return await client.execute_workflow(run, req, id=workflow_id, task_queue=settings.orchestration_queue)
     except WorkflowFailureError as exc:
-        raise CliError(f"{what} failed: {root_cause(exc)}") from None
+        raise CliError(f"{what} failed: {root_message(exc)}") from None
 
 
 async def infer(client: Client, settings: Settings, req: InferenceRequest) -> InferenceResult:
@@ -230,11 +223,13 @@ async def cmd_train(args, settings: Settings) -> int:
     config = load_config(args.config, args.set)
     client = await _client(settings)
     run_id = args.run_id or new_run_id()
-    options = {}
-    if args.heartbeat_timeout:
-        options["heartbeat_timeout_s"] = args.heartbeat_timeout
-    if args.stall_timeout:
-        options["stall_timeout_s"] = args.stall_timeout
+    flags = {
+        "heartbeat_timeout_s": args.heartbeat_timeout,
+        "stall_timeout_s": args.stall_timeout,
+        "cluster_wait_s": args.cluster_wait,
+        "max_failures_without_progress": args.max_failures_without_progress,
+    }
+    options = {k: v for k, v in flags.items() if v is not None}
     launched = await launch_training(client, settings, run_id, config, args.replace, **options)
     print(launched.note, file=sys.stderr)
     if args.detach:
@@ -594,6 +589,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--replace", action="store_true", help="cancel and start over a run already under --run-id")
     t.add_argument("--heartbeat-timeout", type=float, help="seconds without a heartbeat before an attempt is retried")
     t.add_argument("--stall-timeout", type=float, help="seconds without a new step before the Ray job is restarted")
+    t.add_argument("--cluster-wait", type=float, help="seconds an attempt waits out an unreachable Ray (default 3600)")
+    t.add_argument(
+        "--max-failures-without-progress", type=int, help="failed attempts in a row, with no new checkpoint (default 8)"
+    )
     s = sub.add_parser("status", help="a run's state, step and checkpoint ledger")
     s.add_argument("run_id")
     s.add_argument("--json", action="store_true")
@@ -678,6 +677,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
+    except RPCError as exc:  # Temporal went away mid-command
+        print(f"ttrain: error: Temporal at {settings.temporal_address}: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get("TTRAIN_DEBUG"):
+            raise
+        print(f"ttrain: error: {type(exc).__name__}: {exc} (TTRAIN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

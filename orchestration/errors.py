@@ -12,5 +12,13 @@ def invalid(message: str) -> ApplicationError:
     return ApplicationError(message, type=INVALID_INPUT, non_retryable=True)
 
 
+def root_message(exc: BaseException) -> str:
+    """The innermost failure's own words (`loss became NaN at step 6`): what a person needs, not the chain of
+    wrappers (child workflow, activity) around it, nor the error type Temporal prefixes to it."""
+    while (inner := getattr(exc, "cause", None) or exc.__cause__) is not None:
+        exc = inner
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+
+
 class CliError(RuntimeError):
     """A refusal or failure the CLI prints as one line (`ttrain: error: ...`) with a non-zero exit: no traceback."""

@@ -45,7 +45,7 @@ async def launch(
     retry: Callable[[BaseModel, WorkflowHandle], Awaitable[BaseModel]] | None = None,
 ) -> Launched:
     """`identity` picks what makes two requests the same, as JSON (a run's config, not where it keeps checkpoints)."""
-    handle = client.get_workflow_handle(workflow_id)
+    handle = client.get_workflow_handle_for(run, workflow_id)  # results decode to the run method's return type
     try:
         status = (await handle.describe()).status
     except RPCError as exc:

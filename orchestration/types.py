@@ -56,7 +56,7 @@ class RunOptions(Model):
     cluster_wait_s: float = Field(
         default=3600.0, ge=0.0, description="how long an attempt waits out an unreachable Ray Jobs API or Temporal"
     )
-    history_limit: int = Field(default=10_000, ge=100, description="events before the run continues as new")
+    history_limit: int = Field(default=10_000, ge=50, description="events before the run continues as new")
 
 
 class TrainingRequest(Model):
@@ -86,6 +86,7 @@ class TrainAttemptInput(Model):
     stop_at_step: int | None = None
     reattach_job_id: str | None = None
     previous: Progress | None = None
+    attempt: int = 1
 
 
 class AttemptStarted(Model):

@@ -20,6 +20,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.exceptions import RayError
 
 from ray_jobs import checkpointing, storage
 from ray_jobs.outcome import (
@@ -127,8 +128,8 @@ def report(
 
 
 def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.train.torch.TorchTrainer:
-    """The Ray Train run is named after the Ray job: its checkpoints land in the job's own directory. Retention
-    (`keep_last`) is the training activity's, across all the run's jobs, so Ray deletes nothing itself.
+    """The Ray Train run is named after the Ray job: its checkpoints land in the job's own directory, and Ray
+    applies `keep_last` to them (the training activity applies it to the run's older jobs, and tells the ledger).
     Ray Train restarts nothing by default (`TTRAIN_RAY_MAX_FAILURES`): the activity is the one retry authority,
     and it knows which failures are worth retrying."""
     scaling = spec.config.scaling
@@ -143,7 +144,7 @@ def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.trai
         run_config=ray.train.RunConfig(
             name=spec.ray_job_id,
             storage_path=run_dir(spec),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.config.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))),
         ),
     )
@@ -151,13 +152,12 @@ def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.trai
 
 def failure_outcome(ray_job_id: str, exc: ray.train.TrainingFailedError) -> JobOutcome:
     """Classify by type: an error our code raised on purpose as deterministic wins over the others (every rank may
-    raise it); otherwise the lowest rank's error. Lost workers and controller errors are not the training code's."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    raised = {rank: getattr(err, "_base_exc", None) for rank, err in sorted(failures.items())}  # user exceptions
-    chosen = next((e for e in raised.values() if isinstance(e, DeterministicJobError)), None)
-    chosen = chosen or next((e for e in raised.values() if e is not None), None)
+    raise it); otherwise the lowest rank's. Ray's own errors (a lost worker or node) are not the training code's."""
+    failures = [getattr(e, "_base_exc", e) for _, e in sorted((getattr(exc, "worker_failures", None) or {}).items())]
+    raised = [e for e in failures if not isinstance(e, RayError)]
+    chosen = next((e for e in raised if isinstance(e, DeterministicJobError)), raised[0] if raised else None)
     if chosen is None:
-        cause = getattr(exc, "controller_failure", None) or next(iter(failures.values()), exc)
+        cause = getattr(exc, "controller_failure", None) or (failures[0] if failures else exc)
         return JobOutcome(
             ray_job_id=ray_job_id, status="failed", error_type=type(cause).__name__, message=_first_line(cause)
         )

@@ -58,7 +58,7 @@ class FineTuneConfig(Strict):
     max_seq_length: int = Field(default=128, ge=8, le=8192)
     seed: int = Field(default=42, ge=0)
     checkpoint_every_steps: int = Field(default=50, ge=1)
-    keep_last: int = Field(default=3, ge=1)
+    keep_last: int = Field(default=3, ge=1, le=1000, description="checkpoints kept per run (the ledger carries them)")
     scaling: RayScaling = Field(default_factory=RayScaling)
 
     @model_validator(mode="after")
@@ -115,7 +115,7 @@ class ImageTrainConfig(Strict):
     channels_last: bool = Field(default=True, description="GPU only")
     seed: int = Field(default=42, ge=0)
     checkpoint_every_steps: int = Field(default=100, ge=1)
-    keep_last: int = Field(default=3, ge=1)
+    keep_last: int = Field(default=3, ge=1, le=1000, description="checkpoints kept per run (the ledger carries them)")
     scaling: RayScaling = Field(default_factory=RayScaling)
 
     @model_validator(mode="after")

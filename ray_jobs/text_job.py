@@ -62,11 +62,12 @@ def train_loop_per_worker(spec_json: dict) -> None:
             model = AutoModelForSequenceClassification.from_pretrained(local)
         else:
             extra = {"num_hidden_layers": cfg.num_hidden_layers} if cfg.num_hidden_layers else {}
+            if manifest.label_names:  # an explicit id2label=None would unset num_labels (transformers 5)
+                extra["id2label"] = dict(enumerate(manifest.label_names))
             model = AutoModelForSequenceClassification.from_pretrained(
                 model_path,
                 num_labels=num_labels,
                 problem_type="regression" if regression else "single_label_classification",
-                id2label=dict(enumerate(manifest.label_names)) or None,
                 **extra,
             )
         model.to(device)

@@ -45,8 +45,12 @@ async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts
         steps = [c.step for c in present]
         if wanted is None:
             raise invalid(f"run {req.run_id!r} has no checkpoint left in storage (all were deleted)")
-        known = any(c.step == wanted for c in ledger)
-        why = "was deleted (keep_last, or a sweep's clean-up)" if known else "was never committed"
+        if any(c.step == wanted for c in ledger):
+            why = "was deleted (keep_last, or a sweep's clean-up)"
+        elif status.earlier_deleted_checkpoints:  # continue-as-new dropped deleted entries: both are possible
+            why = "is not in the ledger (deleted earlier by keep_last, or never committed)"
+        else:
+            why = "was never committed"
         raise invalid(f"run {req.run_id!r}: the checkpoint at step {wanted} {why}; available steps: {steps}")
     return RunArtifacts(checkpoint=chosen, snapshot_uri=status.snapshot_uri)
 

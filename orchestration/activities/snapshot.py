@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import activity
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from orchestration import image_snapshot, snapshot
 from orchestration.errors import invalid
 from orchestration.types import DatasetSnapshot, SnapshotRequest
 from ray_jobs.models import ModelNotFound, resolve_model_path, tokenizer_identity
-from ray_jobs.specs import ImageTrainConfig
+from ray_jobs.specs import FineTuneConfig, ImageTrainConfig, SnapshotManifest
 
 
 def build(req: SnapshotRequest) -> DatasetSnapshot:
@@ -21,6 +21,7 @@ def build(req: SnapshotRequest) -> DatasetSnapshot:
     try:
         model_path = resolve_model_path(cfg.model)
         AutoTokenizer.from_pretrained(model_path)  # proves the model reference loads before any compute is spent
+        model_config = AutoConfig.from_pretrained(model_path)
         manifest, splits = snapshot.build_snapshot(cfg.dataset, tokenizer_identity(model_path), cfg.seed)
     except (ModelNotFound, snapshot.DatasetError) as exc:
         raise invalid(str(exc)) from None
@@ -28,7 +29,24 @@ def build(req: SnapshotRequest) -> DatasetSnapshot:
         raise invalid(f"model {cfg.model!r} cannot be loaded: {exc}") from None
     if manifest.num_train < cfg.batch_size:
         raise invalid(f"{manifest.num_train} training rows cannot fill one batch of {cfg.batch_size}")
+    if problem := model_mismatch(cfg, model_config, manifest):
+        raise invalid(problem)
     return _publish(req, manifest, snapshot.parquet_files(splits))
+
+
+def model_mismatch(cfg: FineTuneConfig, model_config: PretrainedConfig, manifest: SnapshotManifest) -> str | None:
+    """What the job would only find out inside the training loop, a deterministic failure on every attempt."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is not None and cfg.max_seq_length > positions:
+        return f"max_seq_length {cfg.max_seq_length} exceeds the {positions} positions of model {cfg.model!r}"
+    heads = [a for a in model_config.architectures or [] if a.endswith("ForSequenceClassification")]
+    labels = 1 if manifest.task == "regression" else len(manifest.label_names)
+    if heads and model_config.num_labels != labels:
+        return (
+            f"model {cfg.model!r} already has a classification head for {model_config.num_labels} labels; "
+            f"the data has {labels} (use its base encoder, or data with the same labels)"
+        )
+    return None
 
 
 def build_images(req: SnapshotRequest, cfg: ImageTrainConfig) -> DatasetSnapshot:

@@ -3,7 +3,8 @@
 An attempt reattaches to the run's Ray job if it is still alive (the previous attempt's job, or any job tagged with
 the run), or submits a new job that resumes from the newest checkpoint in the run's ledger. While the job runs it
 mirrors every checkpoint Ray commits into a CheckpointInfo signal, applies `keep_last` across all the run's jobs
-(signalling each deletion first, so the ledger never lists a checkpoint that is gone), heartbeats progress, and
+(the ledger marks every deletion: before it happens for older jobs' checkpoints, on the next poll for those the
+running job's Ray Train run deletes itself), heartbeats progress, and
 fails retryably when the step stops advancing. An unreachable Ray Jobs API or Temporal server is waited out inside
 the attempt, visibly (`ttrain status` shows what is waited for, and since when), for up to `cluster_wait_s`.
 
@@ -26,10 +27,10 @@ from ray.job_submission import JobStatus
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
-from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from orchestration.ledger import newest
-from orchestration.ray_submission import RaySubmission, RayUnavailable
+from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
 from ray_jobs import checkpointing, storage
@@ -45,31 +46,32 @@ def runs_root(storage_uri: str) -> str:
     return storage.join(storage_uri, "runs")
 
 
-def committed_checkpoints(job_uri: str, run_id: str, after_step: int) -> list[CheckpointInfo]:
-    """Checkpoints one job's Ray Train run has committed (its checkpoint manager snapshot), newer than `after_step`."""
+def committed_checkpoints(job_uri: str) -> dict[int, str] | None:
+    """Step -> URI of the checkpoints one job's Ray Train run lists as committed and kept (its checkpoint manager
+    snapshot); None while there is none, or while it is being rewritten."""
     try:
         result = ray.train.Result.from_path(job_uri)
-    except RuntimeError:  # the job has not committed anything yet
-        return []
-    found = []
-    for checkpoint, metrics in result.best_checkpoints:
-        if int(metrics.get("step", -1)) <= after_step:
-            continue
-        uri = storage.join(job_uri, os.path.basename(checkpoint.path))
-        state = storage.read_json(storage.join(uri, checkpointing.STATE_FILE))
-        found.append(
-            CheckpointInfo(
-                run_id=run_id,
-                step=int(state["step"]),
-                epoch=float(state["epoch"]),
-                uri=uri,
-                metrics={k: float(v) for k, v in state.items() if isinstance(v, int | float) and k != "created_at"},
-                content_hash=state["content_hash"],
-                created_at=datetime.fromtimestamp(state["created_at"], tz=timezone.utc),
-                ray_job_id=state["ray_job_id"],
-            )
-        )
-    return sorted(found, key=lambda c: c.step)
+    except (RuntimeError, OSError, ValueError):
+        return None
+    return {
+        int(metrics["step"]): storage.join(job_uri, os.path.basename(checkpoint.path))
+        for checkpoint, metrics in result.best_checkpoints
+        if "step" in metrics
+    }
+
+
+def checkpoint_info(uri: str, run_id: str) -> CheckpointInfo:
+    state = storage.read_json(storage.join(uri, checkpointing.STATE_FILE))
+    return CheckpointInfo(
+        run_id=run_id,
+        step=int(state["step"]),
+        epoch=float(state["epoch"]),
+        uri=uri,
+        metrics={k: float(v) for k, v in state.items() if isinstance(v, int | float) and k != "created_at"},
+        content_hash=state["content_hash"],
+        created_at=datetime.fromtimestamp(state["created_at"], tz=timezone.utc),
+        ray_job_id=state["ray_job_id"],
+    )
 
 
 def submit_job(ray: RaySubmission, spec: JobSpec, storage_uri: str, python: str) -> None:
@@ -100,6 +102,12 @@ class TrainingActivities:
             await asyncio.to_thread(self.ray.stop, job_id)
             stopped.append(job_id)
         return stopped
+
+
+def _transient(exc: BaseException) -> bool:
+    """The Jobs API unreachable, or storage failing in a way that passes (an NFS hiccup, an object store's 503);
+    a refused permission is a configuration to fix, not an outage to wait out."""
+    return isinstance(exc, OSError) and not isinstance(exc, PermissionError)
 
 
 def _temporal_unavailable(exc: BaseException) -> bool:
@@ -157,7 +165,7 @@ class _Attempt:
             "attempt_started",
             AttemptStarted(
                 ray_job_id=job_id,
-                attempt=info.attempt,
+                attempt=self.inp.attempt,
                 reattached=reattached,
                 resumed_from_step=resume_step,
                 steps_recomputed=max(0, previous.step - resume_step) if fresh else 0,
@@ -203,6 +211,7 @@ class _Attempt:
             if status.is_terminal():
                 return await self._finish(job_id, status)
             if time.monotonic() - last_advance > self.opts.stall_timeout_s:
+                await self._signal("attempt_stalled", job_id)  # a stale attempt learns it is one here, and stops
                 await self._patiently(self.ray.stop, job_id)
                 raise self._failure(
                     f"no progress past step {self.progress.step} in {self.opts.stall_timeout_s:.0f}s; "
@@ -233,30 +242,36 @@ class _Attempt:
         raise self._failure(f"Ray job {job_id} ended {status.value}: {last_line}")
 
     async def _mirror_checkpoints(self, job_id: str) -> None:
-        after = self.progress.latest_checkpoint.step if self.progress.latest_checkpoint else -1
-        uri = job_dir(self.run_uri, job_id)
-        try:
-            found = await asyncio.to_thread(committed_checkpoints, uri, self.inp.run_id, after)
-        except (OSError, ValueError) as exc:  # a snapshot being rewritten, a storage hiccup: read it next poll
-            activity.logger.warning("checkpoints of %s not readable yet: %s", job_id, exc)
+        """Signal each checkpoint the job committed since the last poll, then keep the ledger true to storage."""
+        listed = await asyncio.to_thread(committed_checkpoints, job_dir(self.run_uri, job_id))
+        if listed is None:
             return
-        for info in found:
+        after = self.progress.latest_checkpoint.step if self.progress.latest_checkpoint else -1
+        for step in sorted(s for s in listed if s > after):
+            try:
+                info = await asyncio.to_thread(checkpoint_info, listed[step], self.inp.run_id)
+            except (OSError, ValueError) as exc:  # a storage hiccup: read it next poll
+                activity.logger.warning("checkpoint %s not readable yet: %s", listed[step], exc)
+                return
             await self._signal("checkpoint_committed", info)
             self.ledger.append(info)
             self.progress.latest_checkpoint = info
             self.progress.step = max(self.progress.step, info.step)
-        if found:
-            await self._apply_keep_last()
+        await self._apply_keep_last(job_id, set(listed))
 
-    async def _apply_keep_last(self) -> None:
-        """Keep the newest `keep_last` checkpoints of the whole run (every job's): the ledger hears of a deletion
-        before it happens, so it may list a file that lingers, never one that is gone."""
-        keep = self.inp.config.keep_last
-        doomed, self.ledger = self.ledger[:-keep], self.ledger[-keep:]
-        if not doomed:
+    async def _apply_keep_last(self, job_id: str, listed: set[int]) -> None:
+        """Keep the run's newest `keep_last` checkpoints, across its jobs. The running job's Ray Train run deletes its
+        own beyond that (it must: it references them), which the ledger hears of here; older jobs' checkpoints are
+        this attempt's to delete, and the ledger hears of those before they go."""
+        kept = {c.step for c in self.ledger[-self.inp.config.keep_last :]}
+        by_ray = [c for c in self.ledger if c.ray_job_id == job_id and c.step not in listed]
+        ours = [c for c in self.ledger if c.ray_job_id != job_id and c.step not in kept]
+        if not by_ray and not ours:
             return
-        await self._signal("checkpoints_deleted", [c.step for c in doomed])
-        for c in doomed:
+        await self._signal("checkpoints_deleted", [c.step for c in by_ray + ours])
+        gone = {c.step for c in by_ray + ours}
+        self.ledger = [c for c in self.ledger if c.step not in gone]
+        for c in ours:
             try:
                 await asyncio.to_thread(storage.delete_dir, c.uri)
             except OSError as exc:
@@ -268,8 +283,8 @@ class _Attempt:
         return ApplicationError(message, self.progress, {"from_training_code": from_training_code}, type=kind)
 
     async def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
-        """A blocking Ray call, retried with backoff while the Jobs API is unreachable, for up to cluster_wait_s;
-        the outage is in the heartbeat (`ttrain status` shows it) for as long as it lasts."""
+        """A blocking Ray or storage call, retried with backoff while the Jobs API or storage is unreachable, for up
+        to cluster_wait_s; the outage is in the heartbeat (`ttrain status` shows it) for as long as it lasts."""
         since: float | None = None
 
         def waiting(state) -> None:
@@ -281,7 +296,7 @@ class _Attempt:
 
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RayUnavailable),
+                retry=retry_if_exception(_transient),
                 wait=wait_exponential(min=1, max=self.max_backoff_s),
                 stop=stop_after_delay(self.opts.cluster_wait_s),
                 before_sleep=waiting,
@@ -289,7 +304,9 @@ class _Attempt:
             ):
                 with attempt:
                     result = await asyncio.to_thread(fn, *args)
-        except RayUnavailable as exc:
+        except OSError as exc:
+            if not _transient(exc):
+                raise
             raise self._failure(f"{exc} for over {self.opts.cluster_wait_s:.0f}s", "ClusterUnreachable") from None
         if since is not None:
             self.progress.waiting = None
@@ -298,13 +315,22 @@ class _Attempt:
 
     async def _signal(self, name: str, payload: Any) -> None:
         """Retried while Temporal is unreachable (a server restart): a lost signal would be a lost ledger entry.
-        Addressed to the workflow id, so it reaches the run's current execution after a continue-as-new."""
-        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_temporal_unavailable),
-            wait=wait_exponential(min=1, max=self.max_backoff_s),
-            stop=stop_after_delay(self.opts.cluster_wait_s),
-            reraise=True,
-        ):
-            with attempt:
-                await handle.signal(name, payload)
+        Addressed to this attempt's own workflow execution: once that has closed (continued as new, or ended), the
+        attempt is stale and stops following; the current execution's attempt reads Ray's commits itself."""
+        info = activity.info()
+        handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_temporal_unavailable),
+                wait=wait_exponential(min=1, max=self.max_backoff_s),
+                stop=stop_after_delay(self.opts.cluster_wait_s),
+                reraise=True,
+            ):
+                with attempt:
+                    await handle.signal(name, payload)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            raise ApplicationError(
+                "this attempt's workflow execution has closed; the job is left to the current one", type="StaleAttempt"
+            ) from None

@@ -17,7 +17,7 @@ from temporalio.exceptions import FailureError
 from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from orchestration.errors import INVALID_INPUT
+    from orchestration.errors import INVALID_INPUT, root_message
     from orchestration.experiments import config_diffs, run_cache_key
     from orchestration.types import (
         CoordinatorRequest,
@@ -45,12 +45,6 @@ CHILD = {
     "parent_close_policy": ParentClosePolicy.REQUEST_CANCEL,
     "cancellation_type": ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
 }
-
-
-def failure_message(exc: BaseException) -> str:
-    while isinstance(exc, FailureError) and exc.cause is not None:
-        exc = exc.cause
-    return str(exc) or type(exc).__name__
 
 
 def scalar_metrics(report: dict) -> dict[str, float]:
@@ -96,7 +90,7 @@ class CoordinatorWorkflow:
             row.metrics = scalar_metrics(evaluation.report)
             row.state = "cached" if row.cached_from else "completed"
         except FailureError as exc:
-            row.state, row.error = "failed", failure_message(exc)
+            row.state, row.error = "failed", root_message(exc)
 
     async def _train(self, exp: Experiment, row: ExperimentRow) -> TrainingResult | None:
         opts = self.req.options

@@ -12,6 +12,7 @@ from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from orchestration import scaleup
+    from orchestration.errors import root_message
     from orchestration.types import (
         ClusterCapacity,
         ScaleUpRequest,
@@ -20,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
         TrainingRequest,
         TrainingResult,
     )
-    from orchestration.workflows.coordinator import CHILD, SHORT, failure_message
+    from orchestration.workflows.coordinator import CHILD, SHORT
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
 
 
@@ -50,7 +51,7 @@ class ScaleUpWorkflow:
                     **CHILD,
                 )
             except FailureError as exc:
-                self.rows[i] = self.rows[i].model_copy(update={"state": "failed", "detail": failure_message(exc)})
+                self.rows[i] = self.rows[i].model_copy(update={"state": "failed", "detail": root_message(exc)})
                 continue
             m = result.metrics
             self.rows[i] = self.rows[i].model_copy(

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from orchestration.errors import INVALID_INPUT
+    from orchestration.errors import INVALID_INPUT, root_message
     from orchestration.sweeps.ladder import Ladder
     from orchestration.sweeps.models import (
         BEST_RUNG,
@@ -38,13 +38,18 @@ with workflow.unsafe.imports_passed_through():
     )
     from orchestration.sweeps.space import apply
     from orchestration.types import TrainingRequest, TrainingResult
-    from orchestration.workflows.coordinator import CHILD, failure_message
+    from orchestration.workflows.coordinator import CHILD
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
     from ray_jobs import storage
 
 ACTIVITY = {
     "start_to_close_timeout": timedelta(minutes=5),
     "retry_policy": RetryPolicy(maximum_attempts=5, non_retryable_error_types=[INVALID_INPUT]),
+}
+# a proposal is advice and a plot or a clean-up is a courtesy: a few quick tries, then the sweep goes on without
+SIDE_JOB = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "retry_policy": RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
 }
 
 
@@ -159,12 +164,12 @@ class SweepWorkflow:
                     "propose_tpe",
                     TpeRequest(space=spec.space, history=history, seed=spec.seed, index=index, mode=spec.mode),
                     result_type=dict,
-                    **ACTIVITY,
+                    **SIDE_JOB,
                 )
             except ActivityError as exc:  # a proposal is advice: a seeded random draw keeps the sweep going
                 params, note = (
                     spec.space.sample(seeded),
-                    f"TPE proposal failed, seeded random instead: {failure_message(exc)}",
+                    f"TPE proposal failed, seeded random instead: {root_message(exc)}",
                 )
         else:
             params = spec.space.sample(seeded)
@@ -191,7 +196,7 @@ class SweepWorkflow:
             trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
             self._publish_best(result)
         except FailureError as exc:
-            trial.state, trial.error = "failed", failure_message(exc)
+            trial.state, trial.error = "failed", root_message(exc)
         finally:
             self.running -= 1
 
@@ -250,9 +255,9 @@ class SweepWorkflow:
 
     async def _side_job(self, activity: str, arg, what: str) -> None:
         try:
-            await workflow.execute_activity(activity, arg, **ACTIVITY)
+            await workflow.execute_activity(activity, arg, **SIDE_JOB)
         except ActivityError as exc:
-            self._warn(f"{what} failed: {failure_message(exc)}")
+            self._warn(f"{what} failed: {root_message(exc)}")
 
     def _warn(self, message: str) -> None:
         workflow.logger.warning(message)
@@ -263,11 +268,11 @@ class SweepWorkflow:
         names = [k.name for k in SEARCH_ATTRIBUTES]
         try:
             missing = await workflow.execute_activity(
-                "missing_search_attributes", names, result_type=list[str], **ACTIVITY
+                "missing_search_attributes", names, result_type=list[str], **SIDE_JOB
             )
         except ActivityError as exc:  # e.g. an API key without operator rights: publish nothing rather than risk it
             missing = names
-            self._warn(f"could not list the namespace's search attributes ({failure_message(exc)})")
+            self._warn(f"could not list the namespace's search attributes ({root_message(exc)})")
         if missing:
             self.s.search_attributes = False
             self._warn(

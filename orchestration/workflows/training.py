@@ -122,7 +122,7 @@ class CheckpointedTrainingWorkflow:
                 await workflow.wait_condition(lambda a=attempt: a.done() or self._history_is_long())
             except asyncio.CancelledError:
                 attempt.cancel()  # the attempt lets go of its job; `run` stops the run's jobs
-                await asyncio.wait([attempt])
+                await workflow.wait([attempt])
                 raise
             if not attempt.done():
                 # hand the live Ray job to a fresh execution: this attempt sees its workflow run close (not a
@@ -151,6 +151,7 @@ class CheckpointedTrainingWorkflow:
             stop_at_step=self.req.stop_at_step,
             reattach_job_id=self.attempts[-1].ray_job_id if self.attempts else None,
             previous=self.last_progress,
+            attempt=len(self.attempts) + 1,
         )
 
     def _attempt_failure(self, err: ActivityError) -> AttemptFailure:
@@ -159,8 +160,8 @@ class CheckpointedTrainingWorkflow:
         latest = newest(*self.checkpoints)
         step = latest.step if latest else 0
         if isinstance(cause, ApplicationError):
-            if cause.non_retryable:
-                raise ApplicationError(cause.message, type=cause.type, non_retryable=True)
+            if cause.non_retryable:  # the run fails with the job's own words, not a chain of wrappers
+                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
             details = list(cause.details)
             self.last_progress = Progress.model_validate(details[0]) if details else self.last_progress
             flags = details[1] if len(details) > 1 and isinstance(details[1], dict) else {}
@@ -217,6 +218,12 @@ class CheckpointedTrainingWorkflow:
     @workflow.signal
     def attempt_started(self, attempt: AttemptStarted) -> None:
         self.attempts.append(attempt)
+
+    @workflow.signal
+    def attempt_stalled(self, ray_job_id: str) -> None:
+        """Sent before the watchdog stops a hung job; delivered only to the attempt's own execution, so an attempt
+        left behind by continue-as-new finds out it is stale instead of stopping the job its successor follows."""
+        workflow.logger.warning("Ray job %s made no progress: the attempt stops it", ray_job_id)
 
     @workflow.query
     def ledger(self) -> list[CheckpointInfo]:

@@ -1,0 +1,212 @@
+"""The rules that decide what a failure means, as pure code: the retry budget, the divergence guard, the job's
+outcome classification, NaN on the wire, id reuse differences and what a model cannot take."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import datetime, timezone
+
+import pytest
+import torch
+from ray.exceptions import ActorDiedError
+from ray.train import WorkerGroupError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from transformers import BertConfig
+
+from orchestration.activities.snapshot import model_mismatch
+from orchestration.attempts import after_failure
+from orchestration.launch import differences
+from orchestration.ledger import mark_deleted
+from orchestration.types import AttemptFailure, CheckpointInfo, Progress, RetryState
+from ray_jobs.job_runner import DivergenceGuard, failure_outcome
+from ray_jobs.outcome import Diverged, InvalidJobInput
+from ray_jobs.specs import FineTuneConfig, SnapshotManifest
+
+# --- the retry budget -----------------------------------------------------------------------------------------------
+
+
+def failure(step: int, message: str = "Ray job ended FAILED", training_code: bool = False) -> AttemptFailure:
+    return AttemptFailure(kind="RayJobFailed", message=message, checkpoint_step=step, from_training_code=training_code)
+
+
+def test_failures_that_made_progress_never_exhaust_the_budget():
+    state = RetryState()
+    for step in range(10, 1000, 10):  # a spot node lost every checkpoint interval, for 99 attempts
+        verdict = after_failure(state, failure(step), start_step=0, limit=3)
+        assert verdict.give_up is None and verdict.backoff_s == 1.0
+    assert state.failures_without_progress == 0
+
+
+def test_consecutive_failures_without_progress_give_up_with_the_last_error():
+    state = RetryState()
+    # the first attempt got from step 0 to 20 (free); the next four get nowhere
+    verdicts = [after_failure(state, failure(20, f"boom {i}"), start_step=0, limit=4) for i in range(5)]
+    assert [v.give_up is None for v in verdicts] == [True, True, True, True, False]
+    assert verdicts[1].backoff_s < verdicts[2].backoff_s <= 60  # backs off while nothing moves
+    assert verdicts[-1].give_up is not None
+    assert "3 attempts in a row" not in verdicts[-1].give_up and "4 attempts in a row" in verdicts[-1].give_up
+    assert "boom 4" in verdicts[-1].give_up
+
+
+def test_progress_resets_the_count():
+    state = RetryState()
+    after_failure(state, failure(20), 0, limit=3)
+    after_failure(state, failure(20), 0, limit=3)
+    assert state.failures_without_progress == 1
+    assert after_failure(state, failure(30), 0, limit=3).give_up is None
+    assert state.failures_without_progress == 0
+
+
+def test_the_same_training_error_from_the_same_checkpoint_twice_is_deterministic():
+    state = RetryState()
+    bug = "RuntimeError: The size of tensor a (600) must match the size of tensor b (512)"
+    assert after_failure(state, failure(20, bug, training_code=True), 0, limit=8).give_up is None
+    verdict = after_failure(state, failure(20, bug, training_code=True), 0, limit=8)
+    assert verdict.give_up is not None and bug in verdict.give_up and "step 20" in verdict.give_up
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        failure(30, "RuntimeError: x", training_code=True),  # from a newer checkpoint: it got further
+        failure(20, "RuntimeError: y", training_code=True),  # another error
+        failure(20, "RuntimeError: x", training_code=False),  # not raised by the training code (a lost node)
+    ],
+)
+def test_anything_else_twice_is_retried(second):
+    state = RetryState()
+    after_failure(state, failure(20, "RuntimeError: x", training_code=True), 0, limit=8)
+    assert after_failure(state, second, 0, limit=8).give_up is None
+
+
+# --- the divergence guard -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("bad", "word"), [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "inf")])
+def test_divergence_guard_names_the_first_non_finite_step(bad, word):
+    guard = DivergenceGuard(torch.device("cpu"))
+    for step, loss in enumerate([0.7, 0.6, bad, float("nan"), 0.5], start=1):
+        guard.observe(torch.tensor(loss), step)
+    with pytest.raises(Diverged, match=f"^loss became {word} at step 3$"):
+        guard.check()
+
+
+def test_divergence_guard_passes_finite_losses_and_checks_at_checkpoints():
+    guard = DivergenceGuard(torch.device("cpu"))
+    for step in range(1, 30):
+        guard.observe(torch.tensor(1.0 / step), step)
+    guard.check()
+    assert guard.due(7, checkpoint_due=True) and guard.due(DivergenceGuard.CHECK_EVERY, False)
+    assert not guard.due(7, checkpoint_due=False)
+
+
+# --- what a failed job was ------------------------------------------------------------------------------------------
+
+
+# In the driver, `WorkerGroupError.worker_failures` holds the training function's own exceptions (Ray 2.60), and
+# Ray's own errors (ActorDiedError, ...) for workers that were lost.
+
+
+def test_deterministic_errors_win_whatever_the_rank():
+    exc = WorkerGroupError(
+        "2 workers failed",
+        {0: RuntimeError("connection reset by peer"), 1: Diverged("loss became NaN at step 5")},
+    )
+    out = failure_outcome("job-1", exc)
+    assert out.deterministic and out.from_training_code
+    assert (out.error_type, out.message) == ("Diverged", "loss became NaN at step 5")
+
+
+def test_other_training_errors_are_retryable_and_named_by_the_lowest_rank():
+    exc = WorkerGroupError("failed", {1: KeyError("b"), 0: RuntimeError("size mismatch")})
+    out = failure_outcome("job-1", exc)
+    assert not out.deterministic and out.from_training_code
+    assert (out.error_type, out.message) == ("RuntimeError", "size mismatch")
+
+
+def test_a_lost_worker_is_not_the_training_codes_error():
+    exc = WorkerGroupError("failed", {0: ActorDiedError()})
+    out = failure_outcome("job-1", exc)
+    assert not out.deterministic and not out.from_training_code
+
+
+def test_invalid_job_input_is_deterministic():
+    assert failure_outcome("j", WorkerGroupError("x", {0: InvalidJobInput("bad")})).deterministic
+
+
+# --- NaN on the wire ------------------------------------------------------------------------------------------------
+
+
+def checkpoint(step: int, **metrics: float) -> CheckpointInfo:
+    return CheckpointInfo(
+        run_id="r",
+        step=step,
+        epoch=0.1,
+        uri=f"/x/step_{step}",
+        metrics=metrics,
+        content_hash="sha256:0",
+        created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        ray_job_id="j",
+    )
+
+
+def test_non_finite_metrics_survive_the_data_converter():
+    async def round_trip():
+        info = checkpoint(5, loss=float("nan"), eval_loss=float("inf"))
+        progress = Progress(ray_job_id="j", loss=float("nan"), latest_checkpoint=info)
+        payloads = await pydantic_data_converter.encode([info, progress])
+        return await pydantic_data_converter.decode(payloads, [CheckpointInfo, Progress])
+
+    info, progress = asyncio.run(round_trip())
+    assert math.isnan(info.metrics["loss"]) and info.metrics["eval_loss"] == float("inf")
+    assert math.isnan(progress.loss) and math.isnan(progress.latest_checkpoint.metrics["loss"])
+
+
+def test_wire_models_ignore_fields_a_newer_worker_adds():
+    data = checkpoint(5).model_dump(mode="json") | {"added_in_a_later_release": 1}
+    assert CheckpointInfo.model_validate(data).step == 5
+
+
+def test_mark_deleted_keeps_the_entries_and_says_so():
+    ledger = [checkpoint(5), checkpoint(10), checkpoint(15)]
+    mark_deleted(ledger, [5, 10])
+    mark_deleted(ledger, [5])  # delivered twice: no change
+    assert [(c.step, c.deleted) for c in ledger] == [(5, True), (10, True), (15, False)]
+
+
+# --- id reuse and what a model cannot take --------------------------------------------------------------------------
+
+
+def test_differences_name_each_changed_key():
+    old = FineTuneConfig(lr=1e-4, max_steps=40).model_dump(mode="json")
+    new = FineTuneConfig(lr=3e-4, max_steps=80).model_dump(mode="json")
+    assert differences(old, new) == "lr 0.0001 -> 0.0003, max_steps 40 -> 80"
+    assert differences(old, old) == ""
+
+
+def manifest(task: str = "classification", labels: list[str] | None = None) -> SnapshotManifest:
+    return SnapshotManifest(
+        snapshot_id="ds-1",
+        source="x",
+        text_field="text",
+        text_pair_field=None,
+        label_field="label",
+        task=task,
+        label_names=labels if labels is not None else ["0", "1"],
+        num_train=10,
+        num_heldout=2,
+        tokenizer_id="t",
+    )
+
+
+def test_sequence_longer_than_the_models_positions_is_refused_before_compute():
+    problem = model_mismatch(FineTuneConfig(max_seq_length=600), BertConfig(max_position_embeddings=512), manifest())
+    assert problem == "max_seq_length 600 exceeds the 512 positions of model 'all-MiniLM-L6-v2'"
+    assert model_mismatch(FineTuneConfig(max_seq_length=512), BertConfig(), manifest()) is None
+
+
+def test_a_classification_head_of_another_size_is_refused():
+    head = BertConfig(architectures=["BertForSequenceClassification"], num_labels=3)
+    assert "head for 3 labels; the data has 2" in model_mismatch(FineTuneConfig(), head, manifest())
+    assert model_mismatch(FineTuneConfig(), BertConfig(architectures=["BertModel"]), manifest("regression", [])) is None

@@ -1,0 +1,332 @@
+"""The faults users meet every week, delivered for real to the real stack, and what survived them.
+
+- a deploy: SIGTERM to the training worker leaves the Ray job running, and the next attempt reattaches to it;
+- a diverged run (a real NaN from too high a learning rate): fails at once, naming the step, no retry storm;
+- a reused run id: the same config reports the run, another config is refused, `--replace` starts clean;
+- the Ray Jobs API hung (its process SIGSTOPped): waited out inside the attempt, visible in `ttrain status`;
+- a checkpoint write that fails once: costs one checkpoint interval, not the run;
+- a long run: continues as new, handing its live Ray job over, with keep_last deletions in the ledger;
+- a cancel while no training worker is alive: the run's Ray job is still stopped, once a worker is back;
+- the Ray head SIGKILLed (its whole process group) and started again: the run resumes from its ledger.
+
+Faults confined to their own run (a NaN, a reused id, a failed write, a long run, a diverged sweep trial, a bad
+input) are delivered side by side, once, by the `confined` fixture: the cluster has room for them, and on 2 cores
+one shared wait instead of six keeps `make test` in its budget; each keeps its own test and assertions. Faults that
+hit shared processes (workers, the Ray head, its dashboard) run one at a time. The slow cells of the full matrix
+(every fault x every kind of work) are in `bench/faults.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from ray.job_submission import JobStatus, JobSubmissionClient
+from temporalio.client import WorkflowExecutionStatus
+
+from cluster import local_stack
+from orchestration.cli import start_training
+from orchestration.client import connect
+from orchestration.ray_submission import RaySubmission
+from orchestration.types import RunStatus
+from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from ray_jobs.outcome import job_dir
+from tests.helpers import assert_one_line_error, run, tiny_config, ttrain, wait_until
+from tests.test_crash_recovery import EVERY, STEPS, assert_continuous_ledger, crash_config, first_checkpoint, status_of
+
+pytestmark = pytest.mark.integration
+
+TINY_SETS = [  # the CLI's way to say tests.helpers.tiny_config
+    *("--set", "num_hidden_layers=1", "--set", "dataset.max_rows=120", "--set", "max_seq_length=32"),
+    *("--set", "batch_size=8", "--set", "max_steps=12", "--set", "checkpoint_every_steps=5", "--set", "lr=0.0001"),
+]
+
+
+def live_jobs(stack, run_id: str) -> list[str]:
+    return RaySubmission(stack.ray_address).run_jobs(run_id)
+
+
+def test_sigterm_deploy_leaves_the_job_running_and_the_next_attempt_reattaches(stack):
+    async def go() -> tuple[RunStatus, JobStatus]:
+        client = await connect(stack)
+        handle = await start_training(client, stack, "it-sigterm", crash_config())
+        job = (await first_checkpoint(handle)).ray_job_id
+        local_stack.stop(stack, "worker-training")  # SIGTERM: what a rollout or `ttrain down` sends
+        during = JobSubmissionClient(stack.ray_dashboard_url).get_job_status(job)
+        local_stack.start_worker(stack, "training")
+        await handle.result()
+        return await status_of(handle), during
+
+    status, during = run(go())
+    assert during == JobStatus.RUNNING, "the graceful shutdown stopped the Ray job"
+    first, second = status.attempts[0], status.attempts[1]
+    assert second.reattached and second.ray_job_id == first.ray_job_id
+    assert second.steps_recomputed == 0 and len(status.attempts) == 2
+    assert "WorkerShutdown" in (status.last_failure or "")
+    assert_continuous_ledger(status)
+
+
+async def cli(*args: str):
+    return await asyncio.to_thread(ttrain, *args)
+
+
+async def run_status(stack, run_id: str) -> RunStatus:
+    client = await connect(stack)
+    return await client.get_workflow_handle(run_id).query(CheckpointedTrainingWorkflow.status)
+
+
+async def diverged_run(stack) -> dict:
+    t0 = time.monotonic()
+    out = await cli(
+        "train", "--run-id", "it-nan", *TINY_SETS,
+        *("--set", "lr=1.0", "--set", "weight_decay=100", "--set", "warmup_ratio=0", "--set", "max_steps=40"),
+    )  # fmt: skip
+    return {"out": out, "elapsed": time.monotonic() - t0, "status": await run_status(stack, "it-nan")}
+
+
+async def reused_run_id(stack) -> dict:
+    async def executions() -> int:
+        client = await connect(stack)
+        return len([wf async for wf in client.list_workflows("WorkflowId = 'it-reuse'")])
+
+    first = await cli("train", "--run-id", "it-reuse", *TINY_SETS)
+    again = await cli("train", "--run-id", "it-reuse", *TINY_SETS)
+    changed = await cli("train", "--run-id", "it-reuse", *TINY_SETS, "--set", "lr=0.0003")
+    before_replace = await executions()
+    replaced = await cli("train", "--run-id", "it-reuse", *TINY_SETS, "--set", "lr=0.0003", "--replace", "--detach")
+    await (await connect(stack)).get_workflow_handle("it-reuse").result()
+    return {
+        "first": first,
+        "again": again,
+        "changed": changed,
+        "before_replace": before_replace,
+        "replaced": replaced,
+        "after_replace": await executions(),
+        "status": await run_status(stack, "it-reuse"),
+    }
+
+
+async def failed_write(stack) -> RunStatus:
+    client = await connect(stack)
+    handle = await start_training(client, stack, "it-write-fault", crash_config())
+    first = await first_checkpoint(handle)
+    run_uri = os.path.join(stack.storage_uri, "runs", "it-write-fault")
+    blocker = Path(job_dir(run_uri, first.ray_job_id)) / f"step_{3 * EVERY:08d}"
+    blocker.write_text("a file where a checkpoint's directory must go")  # that upload fails
+    await handle.result()
+    return await status_of(handle)
+
+
+async def long_run(stack) -> dict:
+    config = tiny_config(dataset={"max_rows": 300}, max_steps=30, checkpoint_every_steps=1, keep_last=2)
+    client = await connect(stack)
+    handle = await start_training(client, stack, "it-long", config, history_limit=60)
+    result = await handle.result()
+    return {
+        "result": result,
+        "status": await status_of(handle),
+        "eval": await cli("eval", "it-long", "--checkpoint", "5"),
+        "shown": await cli("status", "it-long"),
+    }
+
+
+async def diverged_sweep_trial(stack):
+    from orchestration.sweeps.models import SweepSpec, SweepState
+    from orchestration.types import RunOptions
+    from orchestration.workflows.sweep import SweepWorkflow
+
+    spec = SweepSpec(
+        id="it-sweep-nan",
+        strategy="random",
+        space={"params": {"weight_decay": {"type": "choice", "values": [0.01, 100.0]}}},
+        base=tiny_config(max_steps=20, lr=1.0, warmup_ratio=0.0),
+        trials=2,
+        max_concurrency=2,
+        seed=0,  # draws weight_decay 100 (diverges) for trial 0 and 0.01 for trial 1
+    )
+    options = RunOptions(storage_uri=stack.storage_uri, training_queue=stack.training_queue)
+    client = await connect(stack)
+    return await client.execute_workflow(
+        SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=stack.orchestration_queue
+    )
+
+
+async def too_long_input(stack) -> dict:
+    out = await cli("train", "--run-id", "it-too-long", *TINY_SETS, "--set", "max_seq_length=600")
+    return {"out": out, "status": await run_status(stack, "it-too-long")}
+
+
+CONFINED = {
+    "diverged": diverged_run,
+    "reuse": reused_run_id,
+    "write": failed_write,
+    "long": long_run,
+    "sweep": diverged_sweep_trial,
+    "too_long": too_long_input,
+}
+
+
+@pytest.fixture(scope="module")
+def confined(stack) -> dict:
+    async def all_at_once() -> dict:
+        outcomes = await asyncio.gather(*(scenario(stack) for scenario in CONFINED.values()), return_exceptions=True)
+        return dict(zip(CONFINED, outcomes, strict=True))
+
+    return run(all_at_once())
+
+
+def outcome(confined: dict, name: str):
+    value = confined[name]
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def test_a_diverged_run_fails_at_once_naming_the_step(stack, confined):
+    got = outcome(confined, "diverged")
+    assert_one_line_error(got["out"], 1, "run it-nan failed: loss became")
+    step = int(re.search(r"loss became (?:NaN|inf) at step (\d+)", got["out"].stderr).group(1))
+    status = got["status"]
+    assert status.state == "failed" and len(status.attempts) == 1, "a diverged run must not be retried"
+    assert all(c.step < step for c in status.checkpoints), "a checkpoint at or after the NaN was committed"
+    assert not live_jobs(stack, "it-nan")
+    assert got["elapsed"] < 180, f"took {got['elapsed']:.0f}s to fail"  # start-up (shared cores), a few steps, verdict
+
+
+def test_a_reused_run_id_reports_refuses_or_replaces(confined):
+    got = outcome(confined, "reuse")
+    first, again = got["first"], got["again"]
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0 and "already completed with this config" in again.stderr, again.stderr
+    assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]  # the same result, reported
+    assert_one_line_error(got["changed"], 1, "it-reuse", "lr 0.0001 -> 0.0003", "--replace")
+    assert got["before_replace"] == 1 and got["replaced"].returncode == 0 and got["after_replace"] == 2
+    status = got["status"]
+    assert status.attempts[0].resumed_from_step == 0 and not status.attempts[0].reattached
+    new_jobs = {a.ray_job_id for a in status.attempts}
+    assert {c.ray_job_id for c in status.checkpoints} <= new_jobs, "the new run mirrored another run's checkpoints"
+    assert [c.step for c in status.checkpoints] == [5, 10, 12]
+
+
+def test_a_checkpoint_write_that_fails_once_costs_one_interval(confined):
+    status = outcome(confined, "write")
+    assert len(status.attempts) == 2
+    assert status.attempts[1].resumed_from_step == 2 * EVERY and status.attempts[1].steps_recomputed <= EVERY
+    assert status.failures_without_progress == 0
+    assert [c.step for c in status.checkpoints] == list(range(EVERY, STEPS + 1, EVERY))
+
+
+def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_true(confined):
+    got = outcome(confined, "long")
+    status = got["status"]
+    assert got["result"].steps == 30 and got["result"].checkpoints == 30
+    assert status.generation >= 1, "the run never continued as new"
+    assert {a.ray_job_id for a in status.attempts} == {status.attempts[0].ray_job_id}, "a new job was submitted"
+    assert all(a.reattached for a in status.attempts[1:]) and sum(a.steps_recomputed for a in status.attempts) == 0
+    present = [c for c in status.checkpoints if not c.deleted]
+    assert [c.step for c in present] == [29, 30]
+    assert status.earlier_deleted_checkpoints + len(status.checkpoints) == 30
+    assert all(Path(c.uri).exists() for c in present)
+    assert not any(Path(c.uri).exists() for c in status.checkpoints if c.deleted)
+    assert_one_line_error(got["eval"], 1, "step 5", "deleted", "available steps: [29, 30]")
+    assert "earlier checkpoints deleted by keep_last" in got["shown"].stdout
+
+
+def test_a_diverged_sweep_trial_fails_alone_and_the_sweep_goes_on(confined):
+    state = outcome(confined, "sweep")
+    by_wd = {t.params["weight_decay"]: t for t in state.trials}
+    assert set(by_wd) == {0.01, 100.0}, "the seed must draw both values"
+    assert by_wd[100.0].state == "failed" and re.match(r"loss became (NaN|inf) at step \d+", by_wd[100.0].error)
+    assert by_wd[0.01].state == "completed" and by_wd[0.01].results
+
+
+def test_a_sequence_longer_than_the_model_is_refused_before_any_job(stack, confined):
+    got = outcome(confined, "too_long")
+    assert_one_line_error(got["out"], 1, "max_seq_length 600 exceeds the 512 positions")
+    assert got["status"].attempts == [] and not live_jobs(stack, "it-too-long")
+
+
+def dashboard_pid(stack) -> int:
+    port = stack.ray_dashboard_url.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if any(a.endswith(b"dashboard/dashboard.py") for a in argv) and f"--port={port}".encode() in argv:
+            return int(proc.name)
+    raise AssertionError("no Ray dashboard process found")
+
+
+def test_a_hung_ray_jobs_api_is_waited_out_inside_the_attempt(stack):
+    outage_s = 25
+
+    async def go() -> tuple[RunStatus, dict]:
+        client = await connect(stack)
+        handle = await start_training(client, stack, "it-outage", crash_config(), heartbeat_timeout_s=5)
+        await first_checkpoint(handle)
+        pid = dashboard_pid(stack)
+        os.kill(pid, signal.SIGSTOP)  # every Jobs API call now hangs: the worst kind of unreachable
+        try:
+            await asyncio.sleep(outage_s)
+            seen = ttrain("status", "it-outage", "--json")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await handle.result()
+        return await status_of(handle), json.loads(seen.stdout)
+
+    status, during = run(go())
+    assert during["waiting"] and "unreachable" in during["waiting"], during
+    assert len(status.attempts) == 1, "the outage cost an attempt"
+    assert_continuous_ledger(status)
+
+
+def test_a_cancel_while_no_training_worker_is_alive_still_stops_the_job(stack):
+    async def go() -> tuple[str, list[str], WorkflowExecutionStatus, JobStatus]:
+        client = await connect(stack)
+        handle = await start_training(client, stack, "it-cancel-orphan", crash_config(), heartbeat_timeout_s=5)
+        job = (await first_checkpoint(handle)).ray_job_id
+        pid = local_stack.read_pid(stack, "worker-training")
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: not local_stack.pid_alive(pid), 10, "the worker to die")
+        await handle.cancel()
+        await asyncio.sleep(8)  # past the heartbeat timeout: the attempt is gone, nobody can stop the job yet
+        still = live_jobs(stack, "it-cancel-orphan")
+        local_stack.start_worker(stack, "training")
+
+        async def closed():
+            desc = await handle.describe()
+            return desc.status if desc.status != WorkflowExecutionStatus.RUNNING else None
+
+        closed_as = await wait_until(closed, 120, "the cancelled run to close")
+        return job, still, closed_as, JobSubmissionClient(stack.ray_dashboard_url).get_job_status(job)
+
+    job, still, closed_as, job_status = run(go())
+    assert still == [job]  # the cancel waited for a worker instead of leaving the job behind
+    assert closed_as == WorkflowExecutionStatus.CANCELED
+    assert job_status == JobStatus.STOPPED
+
+
+def test_a_ray_head_killed_and_started_again_resumes_the_run_from_its_ledger(stack):
+    async def go() -> RunStatus:
+        client = await connect(stack)
+        handle = await start_training(client, stack, "it-head-kill", crash_config())
+        await first_checkpoint(handle)
+        pid = local_stack.read_pid(stack, "ray")
+        os.killpg(pid, signal.SIGKILL)  # the head and everything it started: GCS, dashboard, the job, its workers
+        await wait_until(lambda: not local_stack.pid_alive(pid), 10, "the Ray head to die")
+        await asyncio.sleep(3)
+        local_stack.start_ray(stack, num_cpus=4)
+        await handle.result()
+        return await status_of(handle)
+
+    status = run(go())
+    retry = status.attempts[-1]
+    assert not retry.reattached and retry.resumed_from_step >= EVERY and retry.steps_recomputed <= EVERY
+    assert_continuous_ledger(status)

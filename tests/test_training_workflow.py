@@ -1,0 +1,145 @@
+"""The training workflow's decisions, alone: retries budgeted on failures without progress, errors that fail at
+once, the same error twice, and cancellation that stops the run's Ray jobs even when no attempt is running.
+
+The activities are stand-ins registered under the real names (this is a unit test of the workflow: the real
+activities meet real faults in `test_faults.py`); Temporal's time-skipping test server makes the backoffs instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from orchestration.types import (
+    CheckpointInfo,
+    DatasetSnapshot,
+    RunOptions,
+    SnapshotRequest,
+    TrainAttemptInput,
+    TrainAttemptResult,
+    TrainingRequest,
+)
+from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from tests.helpers import run, tiny_config
+from tests.test_failure_rules import checkpoint, manifest
+
+TEST_SERVER = str(Path(sys.executable).parent / "temporal-test-server")
+
+
+class Stubs:
+    """Stand-ins for the training queue's activities; `script` says what each `train` attempt does."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = script
+        self.attempts: list[TrainAttemptInput] = []
+        self.stopped: list[str] = []
+
+    @activity.defn(name="create_snapshot")
+    async def create_snapshot(self, req: SnapshotRequest) -> DatasetSnapshot:
+        return DatasetSnapshot(snapshot_id="ds-1", uri="/snap", manifest=manifest(), reused=False)
+
+    @activity.defn(name="train")
+    async def train(self, inp: TrainAttemptInput) -> TrainAttemptResult:
+        self.attempts.append(inp)
+        step = self.script[min(len(self.attempts), len(self.script)) - 1]
+        while step == "hang":  # until cancelled, heartbeating as a real attempt does (cancels arrive with them)
+            activity.heartbeat()
+            await asyncio.sleep(0.2)
+        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+        if isinstance(step, int):  # commit a checkpoint at this step, then fail
+            await handle.signal("checkpoint_committed", checkpoint(step, total_steps=100.0))
+            raise ApplicationError("Ray job ended FAILED: node lost", type="RayJobFailed")
+        if isinstance(step, ApplicationError):
+            raise step
+        final = checkpoint(100, total_steps=100.0)
+        await handle.signal("checkpoint_committed", final)
+        return TrainAttemptResult(final_checkpoint=final, total_steps=100, ray_job_id="j")
+
+    @activity.defn(name="stop_run_jobs")
+    async def stop_run_jobs(self, run_id: str) -> list[str]:
+        self.stopped.append(run_id)
+        return [f"{run_id}-job"]
+
+
+async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None = None) -> Any:
+    async with (
+        await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
+        ) as env,
+        Worker(
+            env.client,
+            task_queue="q",
+            workflows=[CheckpointedTrainingWorkflow],
+            activities=[stubs.create_snapshot, stubs.train, stubs.stop_run_jobs],
+        ),
+    ):
+        opts = RunOptions(storage_uri="/s", training_queue="q", max_failures_without_progress=limit)
+        req = TrainingRequest(run_id=f"r-{uuid.uuid4().hex[:6]}", config=tiny_config(), options=opts)
+        handle = await env.client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q")
+        if cancel_after is not None:
+            await asyncio.sleep(cancel_after)
+            await handle.cancel()
+        try:
+            return await handle.result()
+        finally:
+            stubs.status = await handle.query(CheckpointedTrainingWorkflow.status)
+
+
+def failure_of(stubs: Stubs, **kw) -> str:
+    with pytest.raises(WorkflowFailureError) as err:
+        run(run_workflow(stubs, **kw))
+    return err.value.cause.message  # what `ttrain` prints: the run's own one-line reason
+
+
+def test_attempts_that_commit_checkpoints_are_free_and_the_run_completes():
+    stubs = Stubs([10, 20, 30, 40, 50, "ok"])  # five failures, each after a new checkpoint: more than the limit
+    result = run(run_workflow(stubs, limit=2))
+    assert result.steps == 100 and len(stubs.attempts) == 6
+    # each attempt starts from the newest checkpoint and is told which job to reattach to
+    assert [max((c.step for c in a.checkpoints), default=0) for a in stubs.attempts] == [0, 10, 20, 30, 40, 50]
+    assert stubs.stopped == []  # nothing to clean up after a success
+
+
+def test_failures_without_progress_exhaust_the_budget_then_stop_the_jobs():
+    stubs = Stubs([10, ApplicationError("Ray job ended FAILED: no room", type="RayJobFailed")])
+    message = failure_of(stubs, limit=3)
+    assert len(stubs.attempts) == 4  # one that progressed, then three that did not
+    assert message.startswith("3 attempts in a row made no progress past step 10") and "no room" in message
+    assert stubs.stopped and stubs.status.state == "failed"
+
+
+def test_an_error_the_job_raised_on_purpose_fails_at_once():
+    diverged = ApplicationError("loss became NaN at step 7", type="Diverged", non_retryable=True)
+    message = failure_of(Stubs([diverged]), limit=8)
+    assert message == "loss became NaN at step 7"
+
+
+def test_the_same_training_error_twice_from_one_checkpoint_fails_the_run():
+    bug = ApplicationError(
+        "RuntimeError: size mismatch", {"ray_job_id": "j"}, {"from_training_code": True}, type="RayJobFailed"
+    )
+    stubs = Stubs([bug])
+    message = failure_of(stubs, limit=8)
+    assert len(stubs.attempts) == 2 and message.startswith("RuntimeError: size mismatch (the same error twice")
+
+
+def test_cancel_stops_the_runs_jobs():
+    stubs = Stubs(["hang"])
+    with pytest.raises(WorkflowFailureError):
+        run(run_workflow(stubs, cancel_after=2.0))
+    assert len(stubs.stopped) == 1 and stubs.status.state == "cancelled"
+
+
+def test_checkpoint_info_is_unchanged_for_the_ledger():
+    assert CheckpointInfo.model_validate(checkpoint(5).model_dump()).deleted is False
