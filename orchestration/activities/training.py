@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from ray.job_submission import JobStatus
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
 
 from orchestration.ledger import newest
 from orchestration.ray_submission import RaySubmission
@@ -282,52 +282,50 @@ class _Attempt:
         lost from it) and whether the training code raised it (the workflow's same-error-twice rule)."""
         return ApplicationError(message, self.progress, {"from_training_code": from_training_code}, type=kind)
 
-    async def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
-        """A blocking Ray or storage call, retried with backoff while the Jobs API or storage is unreachable, for up
-        to cluster_wait_s; the outage is in the heartbeat (`ttrain status` shows it) for as long as it lasts."""
+    async def _outlasting(self, transient: Callable[[BaseException], bool], call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, retried with backoff while it fails with a transient error (Ray's Jobs API, storage or Temporal
+        unreachable), for up to cluster_wait_s; what is waited out, and since when, is in the heartbeat (`ttrain
+        status` shows it) for as long as it lasts, and the time it took is not counted as a stall."""
         since: float | None = None
 
-        def waiting(state) -> None:
+        def waiting(state: RetryCallState) -> None:
             nonlocal since
             since = since or time.time()
             clock = time.strftime("%H:%M:%S", time.localtime(since))
             limit = f"{self.opts.cluster_wait_s:.0f}s"
             self.progress.waiting = f"{state.outcome.exception()} (since {clock}, waiting up to {limit})"
 
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_transient),
-                wait=wait_exponential(min=1, max=self.max_backoff_s),
-                stop=stop_after_delay(self.opts.cluster_wait_s),
-                before_sleep=waiting,
-                reraise=True,
-            ):
-                with attempt:
-                    result = await asyncio.to_thread(fn, *args)
-        except OSError as exc:
-            if not _transient(exc):
-                raise
-            raise self._failure(f"{exc} for over {self.opts.cluster_wait_s:.0f}s", "ClusterUnreachable") from None
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(transient),
+            wait=wait_exponential(min=1, max=self.max_backoff_s),
+            stop=stop_after_delay(self.opts.cluster_wait_s),
+            before_sleep=waiting,
+            reraise=True,
+        ):
+            with attempt:
+                result = await call()
         if since is not None:
             self.progress.waiting = None
             self.outage_ended = time.monotonic()
         return result
 
+    async def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking Ray or storage call, in a thread, outlasting outages of either."""
+        try:
+            return await self._outlasting(_transient, lambda: asyncio.to_thread(fn, *args))
+        except OSError as exc:
+            if not _transient(exc):
+                raise
+            raise self._failure(f"{exc} for over {self.opts.cluster_wait_s:.0f}s", "ClusterUnreachable") from None
+
     async def _signal(self, name: str, payload: Any) -> None:
-        """Retried while Temporal is unreachable (a server restart): a lost signal would be a lost ledger entry.
-        Addressed to this attempt's own workflow execution: once that has closed (continued as new, or ended), the
-        attempt is stale and stops following; the current execution's attempt reads Ray's commits itself."""
+        """Outlasts a Temporal outage (a server restart): a lost signal would be a lost ledger entry. Addressed to
+        this attempt's own workflow execution: once that has closed (continued as new, or ended), the attempt is
+        stale and stops following; the current execution's attempt reads Ray's commits itself."""
         info = activity.info()
         handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_temporal_unavailable),
-                wait=wait_exponential(min=1, max=self.max_backoff_s),
-                stop=stop_after_delay(self.opts.cluster_wait_s),
-                reraise=True,
-            ):
-                with attempt:
-                    await handle.signal(name, payload)
+            await self._outlasting(_temporal_unavailable, lambda: handle.signal(name, payload))
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
