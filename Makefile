@@ -51,6 +51,7 @@ bench: install
 	$(PY) bench/sweep_scale.py
 	$(PY) bench/sweep_efficiency.py
 	$(PY) bench/cifar_scaling.py
+	$(PY) bench/faults.py
 
 clean:
 	rm -rf $(VENV) .ttrain

@@ -3,7 +3,8 @@
 
 Each process is started as the real binary (not through a shell) in its own session, so the pid recorded in
 `$TTRAIN_HOME/run/<name>.pid` is the process to signal, and it outlives the CLI that started it. `up` is idempotent:
-it starts only what is not alive. Everything binds 127.0.0.1.
+it starts only what is not alive. Everything listens on 127.0.0.1, except the gRPC servers Ray binds to every
+interface (GCS, raylet, each Ray worker), which refuse any call without Ray's token (README, security notes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from urllib.parse import urlparse
 from orchestration.settings import Settings
 
 WORKER_QUEUES = ("training", "orchestration")
+# Ray's switch for a cluster that is one machine (its default on macOS and Windows): node address on loopback
+RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass
@@ -178,7 +181,7 @@ def _moved_ports(base: int, head: bool) -> list[str]:
     Ray itself only knows one node per machine by default. Several stacks (tests, benchmarks) or several nodes of
     one cluster on the same machine need each node's ports apart; worker ports (10002-19999) are Ray's own pool.
     """
-    names = ["ray-client-server-port"] if head else ["node-manager-port", "object-manager-port"]
+    names = [] if head else ["node-manager-port", "object-manager-port"]
     names += [
         "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port",
@@ -210,7 +213,13 @@ def start_ray(
     env: dict[str, str] | None = None,
 ) -> int:
     """The Ray head with the dashboard / Jobs API at `settings.ray_address`; `env` adds to its environment
-    (e.g. Ray system config as `RAY_<name>` variables)."""
+    (e.g. Ray system config as `RAY_<name>` variables).
+
+    Ray turns `--node-ip-address=127.0.0.1` into the machine's routable address, so its agents, metrics exporters
+    and Ray Client server would listen on the network. Without `settings.ray_node_ip` the head is a one-machine
+    cluster: Ray's own single-machine switch keeps its node address on loopback (its gRPC servers, which Ray binds to
+    every interface whatever it is told, all require the token). With it, other machines can join. The Ray Client
+    server (`ray://`) is not started: ttrain talks to Ray through the Jobs API only."""
     host, dashboard_port = _host_port(settings.ray_address, 8265)
     gcs_port = gcs_port or ray_gcs_port()
     argv = [
@@ -218,14 +227,17 @@ def start_ray(
         "start",
         "--head",
         "--block",
-        f"--node-ip-address={host}",
+        f"--node-ip-address={settings.ray_node_ip or host}",
         f"--port={gcs_port}",
+        "--ray-client-server-port=0",
         "--include-dashboard=true",
         f"--dashboard-host={host}",
         f"--dashboard-port={dashboard_port}",
         f"--temp-dir={ray_temp_dir(settings)}",
         "--disable-usage-stats",
     ]
+    if not settings.ray_node_ip:
+        env = {RAY_SINGLE_MACHINE: "0", **(env or {})}
     if gcs_port != 6379:  # a second stack on this machine (tests, benchmarks): move Ray's other fixed ports too
         argv += _moved_ports(gcs_port + 1, head=True)
     if num_cpus is not None:

@@ -78,7 +78,7 @@ def _config(args, **extra: str) -> ImageTrainConfig:
 
 
 async def cmd_train(args, settings: Settings) -> int:
-    config = _config(args, **({"scaling.num_workers": str(args.workers)} if args.workers else {}))
+    config = _config(args, **({"scaling.num_workers": str(args.workers)} if args.workers is not None else {}))
     client = await cli._client(settings)
     run_id = args.run_id or cli.new_run_id("img")
     launched = await cli.launch_training(client, settings, run_id, config, args.replace)

@@ -42,7 +42,7 @@ from orchestration.workflows.coordinator import CoordinatorWorkflow
 from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
-from ray_jobs.specs import TrainConfig
+from ray_jobs.specs import TrainConfig, check_id
 
 DEMO_CONFIG = {
     "num_hidden_layers": 3,
@@ -261,7 +261,11 @@ async def cmd_status(args, settings: Settings) -> int:
 
 
 async def cmd_infer(args, settings: Settings) -> int:
-    req = InferenceRequest(run_id=args.run_id, texts=args.texts, checkpoint_step=args.checkpoint)
+    if args.pair and len(args.pair) != len(args.texts):
+        raise ConfigError(f"--pair: give one per text ({len(args.texts)} texts, {len(args.pair)} pairs)")
+    req = InferenceRequest(
+        run_id=args.run_id, texts=args.texts, text_pairs=args.pair or None, checkpoint_step=args.checkpoint
+    )
     result = await infer(await _client(settings), settings, req)
     if args.json:
         print(result.model_dump_json())
@@ -600,6 +604,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("run_id")
     i.add_argument("texts", nargs="+")
     i.add_argument("--checkpoint", type=int, help="checkpoint step (default: the run's newest)")
+    i.add_argument("--pair", action="append", help="the second text of each pair (text-pair tasks), in order")
     i.add_argument("--json", action="store_true")
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its snapshot's held-out split")
     ev.add_argument("run_id")
@@ -665,11 +670,25 @@ def cifar_cli():
     return cifar_cli
 
 
+ID_ARGUMENTS = {"run_id": "run id", "experiment_id": "experiment set id", "sweep_id": "sweep id", "id": "id"}
+
+
+def check_ids(args: argparse.Namespace) -> None:
+    """Every id a command was given becomes a workflow id, a Ray job id or a path: refuse a hostile one here."""
+    for attr, what in ID_ARGUMENTS.items():
+        if (value := getattr(args, attr, None)) is not None:
+            try:
+                check_id(value, what)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings.from_env()
     handler = COMMANDS[args.command]
     try:
+        check_ids(args)
         out = handler(args, settings)
         return asyncio.run(out) if asyncio.iscoroutine(out) else out
     except (CliError, ConfigError) as exc:

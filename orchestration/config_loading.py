@@ -86,8 +86,9 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """What a person wrote: unknown keys are errors here (the models themselves tolerate them on the wire)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, extra="forbid")
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
 

@@ -97,7 +97,9 @@ def load_experiments(path: str, options: RunOptions, max_concurrency: int | None
         seen[exp_id] = _line_of(root, ["experiments", i, "id"]) or 0
         overrides = {k: v for k, v in entry.items() if k != "id"}
         try:
-            experiments.append(Experiment(id=exp_id, config=FineTuneConfig.model_validate(_merge(defaults, overrides))))
+            experiments.append(
+                Experiment(id=exp_id, config=FineTuneConfig.model_validate(_merge(defaults, overrides), extra="forbid"))
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = [x for x in err["loc"] if x not in ("config",)]

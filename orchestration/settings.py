@@ -24,6 +24,7 @@ class Settings(BaseModel):
     orchestration_queue: str
     ray_python: str
     max_concurrent_trainings: int
+    ray_node_ip: str | None = None  # `ttrain up`'s Ray head serves other machines at this address (default: none)
 
     @property
     def ray_dashboard_url(self) -> str:
@@ -51,4 +52,5 @@ class Settings(BaseModel):
             orchestration_queue=env.get("TTRAIN_ORCHESTRATION_QUEUE", "ttrain-orchestration"),
             ray_python=env.get("TTRAIN_RAY_PYTHON", "python"),
             max_concurrent_trainings=int(env.get("TTRAIN_MAX_CONCURRENT_TRAININGS", "4")),
+            ray_node_ip=env.get("TTRAIN_RAY_NODE_IP") or None,
         )

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_jobs.specs import FineTuneConfig, ImageTrainConfig, Manifest, TrainConfig
+from ray_jobs.specs import ChosenId, FineTuneConfig, Identifier, ImageTrainConfig, Manifest, TrainConfig
 
 
 class Model(BaseModel):
@@ -60,7 +60,7 @@ class RunOptions(Model):
 
 
 class TrainingRequest(Model):
-    run_id: str
+    run_id: Identifier
     config: TrainConfig
     options: RunOptions
     resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
@@ -69,7 +69,7 @@ class TrainingRequest(Model):
 
 
 class SnapshotRequest(Model):
-    run_id: str
+    run_id: Identifier
     config: TrainConfig
     storage_uri: str
 
@@ -78,7 +78,7 @@ class TrainAttemptInput(Model):
     """What one training attempt starts from: the run's checkpoints that still exist (the newest is where a new job
     resumes; the rest are what keep_last may delete), and the previous attempt's job and progress, to reattach."""
 
-    run_id: str
+    run_id: Identifier
     config: TrainConfig
     snapshot: DatasetSnapshot
     options: RunOptions
@@ -187,7 +187,7 @@ class Progress(Model):
 
 
 class InferenceRequest(Model):
-    run_id: str
+    run_id: Identifier
     texts: list[str] = Field(min_length=1)
     text_pairs: list[str] | None = None
     checkpoint_step: int | None = None
@@ -213,7 +213,7 @@ class InferenceResult(Model):
 
 
 class EvaluationRequest(Model):
-    run_id: str
+    run_id: Identifier
     checkpoint_step: int | None = None
     split: Literal["heldout"] = "heldout"
     batch_size: int = Field(default=64, ge=1)
@@ -240,12 +240,12 @@ class EvaluationResult(Model):
 
 
 class Experiment(Model):
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
+    id: ChosenId
     config: FineTuneConfig
 
 
 class CoordinatorRequest(Model):
-    experiment_id: str
+    experiment_id: ChosenId
     experiments: list[Experiment] = Field(min_length=1)
     max_concurrency: int = Field(default=2, ge=1)
     metric: str = "accuracy"
@@ -311,7 +311,7 @@ class ScaleUpRequest(Model):
     """One image training at several worker counts. `config.batch_size` is the global batch at one worker:
     strong scaling keeps it for every count, weak scaling keeps the per-worker batch (global = batch x workers)."""
 
-    scaleup_id: str
+    scaleup_id: ChosenId
     config: ImageTrainConfig
     workers: list[int] = Field(min_length=1)
     scaling: ScalingMode = "strong"

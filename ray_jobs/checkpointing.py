@@ -36,7 +36,13 @@ def save_training_state(directory: str, optimizer, scheduler, state: dict) -> No
 
 
 def load_training_state(local_dir: str, optimizer, scheduler) -> dict:
-    optimizer.load_state_dict(torch.load(os.path.join(local_dir, "optimizer.pt"), weights_only=True))
-    scheduler.load_state_dict(torch.load(os.path.join(local_dir, "scheduler.pt"), weights_only=True))
+    """Loaded onto the CPU first: a checkpoint written on cuda:3 must load on a machine with one GPU, or none;
+    `load_state_dict` then moves the optimizer's state to wherever its parameters are."""
+    optimizer.load_state_dict(
+        torch.load(os.path.join(local_dir, "optimizer.pt"), weights_only=True, map_location="cpu")
+    )
+    scheduler.load_state_dict(
+        torch.load(os.path.join(local_dir, "scheduler.pt"), weights_only=True, map_location="cpu")
+    )
     with open(os.path.join(local_dir, STATE_FILE)) as f:
         return json.load(f)

@@ -7,18 +7,40 @@ Imports neither torch nor ray nor temporalio: workflows import this module insid
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_DATASET = "movie-reviews"
 
+# Every id that becomes a path, a workflow id or a Ray job id (run, sweep, experiment set, experiment, scale-up,
+# trial, job): letters, digits, `.`, `_` and `-`, starting with a letter or digit, so never `..` nor a `/`. Ids a
+# person chooses are at most 80 characters; ids ttrain derives from them (trials, rungs, jobs) have room to grow.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+CHOSEN_ID_MAX = 80
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=160)]
+ChosenId = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=CHOSEN_ID_MAX)]
+
+
+def check_id(value: str, what: str) -> str:
+    """The id as given, or one line saying why it cannot name a run (for the CLI, before anything starts)."""
+    if not re.fullmatch(ID_PATTERN, value) or len(value) > CHOSEN_ID_MAX:
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use up to {CHOSEN_ID_MAX} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo in a config must not silently fall back to a default."""
+    """A config: frozen, and strict about keys where a person wrote them. Files and `--set` are validated with
+    `extra="forbid"` (`orchestration.config_loading`), so a typo never falls back to a default in silence; on the
+    wire (workflow inputs, job specs) unknown keys are ignored, so a worker still running the previous release reads
+    what a newer one sent during a rolling upgrade."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class DatasetSource(Strict):
@@ -172,8 +194,8 @@ Manifest = Annotated[
 class JobSpec(Strict):
     """Everything one Ray job needs; written to storage by the activity and read by `python -m ray_jobs.<kind>_job`."""
 
-    run_id: str
-    ray_job_id: str
+    run_id: Identifier
+    ray_job_id: Identifier
     config: TrainConfig
     snapshot_uri: str
     storage_path: str

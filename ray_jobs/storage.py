@@ -22,6 +22,10 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(base: str, *parts: str) -> str:
+    """`base/part/...`, refusing any part that would climb out of `base` or restart from the root: ids reach here."""
+    for part in parts:
+        if not part or part.startswith("/") or ".." in part.split("/"):
+            raise ValueError(f"{part!r} cannot be a path under {base!r}")
     return "/".join([base.rstrip("/"), *parts])
 
 

@@ -1,10 +1,14 @@
-"""Crash tests against the real stack: real processes are killed (SIGKILL) or stopped, and we assert what survived.
+"""Crash tests against the real stack: real processes are killed (SIGKILL), stopped (SIGTERM) or frozen (SIGSTOP),
+and we assert what survived.
 
-- the training worker dies mid-run: the retry reattaches to the running Ray job (or resumes from the ledger);
+- the training worker is stopped (a deploy: SIGTERM) and later killed (SIGKILL) under one run: each time the Ray
+  job trains on and the next attempt reattaches to it, nothing recomputed; a second run cancelled while no training
+  worker is alive still has its Ray job stopped, once a worker is back;
 - the Ray job is stopped mid-run: the retry resumes from the newest checkpoint, and ends bit-for-bit where an
   uninterrupted run ends (exact resume: model, optimizer, scheduler, RNG and data position all restored);
 - the Ray train worker hangs (SIGSTOP): the progress watchdog stops the job and the retry resumes;
-- the Temporal server is killed and restarted over its SQLite file: the workflow carries on.
+- the machine "reboots": the Temporal server and the Ray head's whole process group are SIGKILLed, then started
+  again (`ttrain up` does the same): the workflow carries on from its database, the run from its ledger.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import signal
 import subprocess
 
 import pytest
-from ray.job_submission import JobSubmissionClient
+from ray.job_submission import JobStatus, JobSubmissionClient
 from safetensors.torch import load_file
+from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
 from orchestration.cli import start_training
@@ -32,11 +37,9 @@ EVERY = 10
 STEPS = 60
 
 
-def crash_config():
-    """Long enough (60 steps, a checkpoint every 10) that there is a mid-run to crash in, still tiny."""
-    return tiny_config(
-        dataset={"max_rows": 900}, max_steps=STEPS, checkpoint_every_steps=EVERY, max_seq_length=64, num_hidden_layers=2
-    )
+def crash_config(steps: int = STEPS):
+    """A mid-run to crash in (a checkpoint every 10 steps, ~0.15 s a step on 2 CPU cores), still tiny."""
+    return tiny_config(dataset={"max_rows": 900}, max_steps=steps, checkpoint_every_steps=EVERY)
 
 
 async def status_of(handle) -> RunStatus:
@@ -51,33 +54,67 @@ async def first_checkpoint(handle) -> RunStatus:
     return await wait_until(has_one, 240, "the first committed checkpoint")
 
 
-def assert_continuous_ledger(status: RunStatus) -> None:
-    assert [c.step for c in status.checkpoints] == list(range(EVERY, STEPS + 1, EVERY))
+def assert_continuous_ledger(status: RunStatus, steps: int = STEPS) -> None:
+    assert [c.step for c in status.checkpoints] == list(range(EVERY, steps + 1, EVERY))
 
 
-def test_training_worker_sigkill_reattaches_and_completes(stack):
-    async def go() -> tuple[TrainingResult, RunStatus]:
+async def attempts_at_least(handle, n: int) -> RunStatus:
+    async def reached():
+        s = await status_of(handle)
+        return s if len(s.attempts) >= n else None
+
+    return await wait_until(reached, 120, f"attempt {n}")
+
+
+def test_training_worker_stopped_then_killed_reattaches_and_a_cancel_meanwhile_stops_its_job(stack):
+    """SIGTERM (a deploy, `ttrain down`) and SIGKILL (a lost node) of the training worker under one long run; a
+    second run is cancelled while no worker is alive, so nobody can stop its job until one comes back."""
+    jobs = JobSubmissionClient(stack.ray_dashboard_url)
+
+    async def go():
         client = await connect(stack)
-        handle = await start_training(client, stack, "it-worker-kill", crash_config(), heartbeat_timeout_s=5)
-        await first_checkpoint(handle)
+        long = await start_training(client, stack, "it-worker-loss", crash_config(300), heartbeat_timeout_s=5)
+        doomed = await start_training(client, stack, "it-cancel-orphan", crash_config(300), heartbeat_timeout_s=5)
+        first = await first_checkpoint(long)
+        doomed_job = (await first_checkpoint(doomed)).ray_job_id
+
+        local_stack.stop(stack, "worker-training")  # SIGTERM: the attempts let go of their jobs, and stop none
+        after_sigterm = jobs.get_job_status(first.ray_job_id)
+        local_stack.start_worker(stack, "training")
+        await attempts_at_least(long, 2)
+        await attempts_at_least(doomed, 2)
+
         pid = local_stack.read_pid(stack, "worker-training")
         os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: not local_stack.pid_alive(pid), 10, "the worker to die")
+        await doomed.cancel()
+        await asyncio.sleep(8)  # past the heartbeat timeout: the attempt is gone, nobody can stop the job yet
+        orphan_window = jobs.get_job_status(doomed_job)
         local_stack.start_worker(stack, "training")
-        result = await handle.result()
-        return result, await status_of(handle)
+        result = await long.result()
 
-    result, status = run(go())
-    assert result.steps == STEPS
-    assert result.resumes >= 1
-    assert_continuous_ledger(status)
-    first, second = status.attempts[0], status.attempts[1]
-    if second.reattached:  # the Ray job kept training while no worker watched it: nothing lost
-        assert second.ray_job_id == first.ray_job_id
-        assert second.steps_recomputed == 0
-    else:  # it had already finished or died: resumed from the ledger, at most one interval recomputed
-        assert second.resumed_from_step >= EVERY
-        assert second.steps_recomputed <= EVERY
+        async def closed():
+            desc = await doomed.describe()
+            return desc.status if desc.status != WorkflowExecutionStatus.RUNNING else None
+
+        doomed_closed = await wait_until(closed, 120, "the cancelled run to close")
+        return (
+            result,
+            await status_of(long),
+            after_sigterm,
+            orphan_window,
+            doomed_closed,
+            jobs.get_job_status(doomed_job),
+        )
+
+    result, status, after_sigterm, orphan_window, doomed_closed, doomed_job = run(go())
+    assert after_sigterm == JobStatus.RUNNING, "the graceful shutdown stopped the Ray job"
+    assert result.steps == 300 and len(status.attempts) == 3
+    assert all(a.reattached and a.ray_job_id == status.attempts[0].ray_job_id for a in status.attempts[1:])
+    assert sum(a.steps_recomputed for a in status.attempts) == 0
+    assert_continuous_ledger(status, 300)
+    assert orphan_window == JobStatus.RUNNING  # the cancel waited for a worker instead of leaving the job behind
+    assert doomed_closed == WorkflowExecutionStatus.CANCELED and doomed_job == JobStatus.STOPPED
 
 
 def test_ray_job_stopped_resumes_from_checkpoint_and_matches_uninterrupted_run(stack):
@@ -142,22 +179,25 @@ def test_hung_ray_worker_is_caught_by_the_progress_watchdog(stack):
     assert_continuous_ledger(status)
 
 
-def test_temporal_server_restart_mid_run(stack):
+def test_a_machine_reboot_temporal_and_the_ray_head_killed_and_started_again(stack):
     async def go() -> tuple[TrainingResult, RunStatus]:
         client = await connect(stack)
-        handle = await start_training(client, stack, "it-temporal-restart", crash_config())
+        handle = await start_training(client, stack, "it-reboot", crash_config())
         await first_checkpoint(handle)
-        pid = local_stack.read_pid(stack, "temporal")
-        os.kill(pid, signal.SIGKILL)
-        await wait_until(lambda: not local_stack.pid_alive(pid), 10, "the Temporal server to die")
+        temporal, ray_head = local_stack.read_pid(stack, "temporal"), local_stack.read_pid(stack, "ray")
+        os.kill(temporal, signal.SIGKILL)
+        os.killpg(ray_head, signal.SIGKILL)  # the head and everything it started: GCS, dashboard, the job, its workers
+        await wait_until(lambda: not (local_stack.pid_alive(temporal) or local_stack.pid_alive(ray_head)), 10, "both")
         await asyncio.sleep(2)
         local_stack.start_temporal(stack)
+        local_stack.start_ray(stack, num_cpus=4)
         client = await connect(stack)
         handle = client.get_workflow_handle(handle.id, result_type=TrainingResult)
         result = await handle.result()
         return result, await status_of(handle)
 
     result, status = run(go())
-    assert result.steps == STEPS
-    assert status.state == "completed"
+    assert result.steps == STEPS and status.state == "completed"
+    retry = status.attempts[-1]
+    assert not retry.reattached and retry.resumed_from_step >= EVERY and retry.steps_recomputed <= EVERY
     assert_continuous_ledger(status)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -40,6 +41,8 @@ from ray_jobs.specs import JobSpec
 JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job"}  # by config kind
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TTRAIN_RAY_MAX_FAILURES")
 T = TypeVar("T")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its log prefixes
+LAST_LINE_CHARS = 300
 
 
 def runs_root(storage_uri: str) -> str:
@@ -237,8 +240,8 @@ class _Attempt:
                 )
             message = f"{outcome.error_type}: {outcome.message}"
             raise self._failure(message, from_training_code=outcome.from_training_code)
-        logs = await asyncio.to_thread(self.ray.logs_tail, job_id)
-        last_line = logs.strip().splitlines()[-1] if logs.strip() else "no logs"
+        logs = ANSI_ESCAPE.sub("", await asyncio.to_thread(self.ray.logs_tail, job_id)).strip()
+        last_line = logs.splitlines()[-1][:LAST_LINE_CHARS] if logs else "no logs"
         raise self._failure(f"Ray job {job_id} ended {status.value}: {last_line}")
 
     async def _mirror_checkpoints(self, job_id: str) -> None:

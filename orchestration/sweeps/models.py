@@ -9,7 +9,7 @@ from temporalio.common import SearchAttributeKey
 
 from orchestration.sweeps.space import SearchSpace
 from orchestration.types import CheckpointInfo, RunOptions
-from ray_jobs.specs import FineTuneConfig
+from ray_jobs.specs import ChosenId, FineTuneConfig, Identifier
 
 # Registered on the local dev server by `ttrain up`; on another server register them once with
 # `temporal operator search-attribute create`, or set TTRAIN_SEARCH_ATTRIBUTES=0.
@@ -28,8 +28,6 @@ class _Model(BaseModel):
 
 
 class LadderSpec(_Model):
-    model_config = ConfigDict(extra="forbid")
-
     min_steps: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     eta: int = Field(default=3, ge=2)
@@ -42,11 +40,10 @@ class LadderSpec(_Model):
 
 
 class SweepSpec(_Model):
-    """What a sweep file says. `trainer: simulated` replaces training by an instant synthetic learning curve."""
+    """What a sweep file says (read with unknown keys refused, `config_loading.validate`). `trainer: simulated`
+    replaces training by an instant synthetic learning curve."""
 
-    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")  # a typo in a sweep file is an error
-
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
+    id: ChosenId
     strategy: Literal["random", "ladder", "tpe"] = "random"
     ladder: LadderSpec | None = None
     tpe_with_ladder: bool = False
@@ -95,7 +92,7 @@ class RungResult(_Model):
 
 class Trial(_Model):
     index: int
-    run_id: str
+    run_id: Identifier
     params: dict
     rung: int = 0  # the rung this trial is training towards or has reached
     state: Literal["running", "waiting", "completed", "failed"] = "running"

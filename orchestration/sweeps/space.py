@@ -15,7 +15,7 @@ from ray_jobs.specs import FineTuneConfig
 
 
 class _Dim(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)  # strict where read from a file (config_loading)
 
 
 class Uniform(_Dim):
@@ -75,7 +75,7 @@ Dimension = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discrimina
 class SearchSpace(BaseModel):
     """Dotted FineTuneConfig keys → dimensions. Every key must exist in the config: a typo is an error, not a no-op."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
     params: dict[str, Dimension] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -7,13 +7,14 @@ training), so CI fails the build when a change would break a workflow that is ru
     python -m tests.histories.record [--only NAME ...]
 
 Record again (new files, never overwrite old ones: old histories are the point) whenever a workflow gains a
-decision path the existing files do not exercise. Names carry the date they were recorded.
+decision path the existing files do not exercise. Names carry the time they were recorded.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,7 @@ from ray_jobs.specs import ImageTrainConfig
 from tests.helpers import tiny_config
 
 HERE = Path(__file__).resolve().parent
-STAMP = datetime.date.today().isoformat()
+STAMP = datetime.datetime.now().strftime("%Y-%m-%dT%H%M")
 
 
 async def save_all(client, workflow_id: str, name: str) -> list[Path]:
@@ -90,6 +91,37 @@ async def training_retry(settings: Settings, client) -> None:
     JobSubmissionClient(settings.ray_dashboard_url).stop_job(status.ray_job_id)
     await handle.result()
     await save_all(client, req.run_id, "training-retry")
+
+
+async def training_faults(settings: Settings, client) -> None:
+    """The workflow-owned paths: a diverged run (fails, stops its jobs), a run continued as new, a cancelled run."""
+    from temporalio.client import WorkflowFailureError
+
+    diverged = tiny_config(lr=1.0, weight_decay=100.0, warmup_ratio=0.0, max_steps=30)
+    req = TrainingRequest(run_id="rec-diverged", config=diverged, options=options(settings))
+    with contextlib.suppress(WorkflowFailureError):  # it fails: that is what it records
+        await client.execute_workflow(
+            CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue=settings.orchestration_queue
+        )
+    await save_all(client, req.run_id, "training-diverged")
+
+    long = tiny_config(max_steps=16, checkpoint_every_steps=1, keep_last=2)
+    req = TrainingRequest(run_id="rec-continued", config=long, options=options(settings, history_limit=50))
+    await client.execute_workflow(
+        CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue=settings.orchestration_queue
+    )
+    await save_all(client, req.run_id, "training-continued")
+
+    req = TrainingRequest(run_id="rec-cancelled", config=tiny_config(max_steps=60), options=options(settings))
+    handle = await client.start_workflow(
+        CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue=settings.orchestration_queue
+    )
+    while not (await handle.query(CheckpointedTrainingWorkflow.status)).checkpoints:
+        await asyncio.sleep(0.5)
+    await handle.cancel()
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    await save_all(client, req.run_id, "training-cancelled")
 
 
 async def coordinator(settings: Settings, client) -> None:
@@ -157,6 +189,7 @@ async def scaleup(settings: Settings, client) -> None:
 RECORDERS: dict[str, Callable[[Settings, object], Awaitable[None]]] = {
     "training": training,
     "training-retry": training_retry,
+    "training-faults": training_faults,
     "coordinator": coordinator,
     "sweeps": sweeps,
     "scaleup": scaleup,
