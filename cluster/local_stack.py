@@ -181,7 +181,7 @@ def _moved_ports(base: int, head: bool) -> list[str]:
     Ray itself only knows one node per machine by default. Several stacks (tests, benchmarks) or several nodes of
     one cluster on the same machine need each node's ports apart; worker ports (10002-19999) are Ray's own pool.
     """
-    names = [] if head else ["node-manager-port", "object-manager-port"]
+    names = ["ray-client-server-port"] if head else ["node-manager-port", "object-manager-port"]
     names += [
         "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port",
@@ -218,8 +218,7 @@ def start_ray(
     Ray turns `--node-ip-address=127.0.0.1` into the machine's routable address, so its agents, metrics exporters
     and Ray Client server would listen on the network. Without `settings.ray_node_ip` the head is a one-machine
     cluster: Ray's own single-machine switch keeps its node address on loopback (its gRPC servers, which Ray binds to
-    every interface whatever it is told, all require the token). With it, other machines can join. The Ray Client
-    server (`ray://`) is not started: ttrain talks to Ray through the Jobs API only."""
+    every interface whatever it is told, all require the token). With it, other machines can join."""
     host, dashboard_port = _host_port(settings.ray_address, 8265)
     gcs_port = gcs_port or ray_gcs_port()
     argv = [
@@ -229,7 +228,6 @@ def start_ray(
         "--block",
         f"--node-ip-address={settings.ray_node_ip or host}",
         f"--port={gcs_port}",
-        "--ray-client-server-port=0",
         "--include-dashboard=true",
         f"--dashboard-host={host}",
         f"--dashboard-port={dashboard_port}",
