@@ -210,3 +210,23 @@ def test_a_classification_head_of_another_size_is_refused():
     head = BertConfig(architectures=["BertForSequenceClassification"], num_labels=3)
     assert "head for 3 labels; the data has 2" in model_mismatch(FineTuneConfig(), head, manifest())
     assert model_mismatch(FineTuneConfig(), BertConfig(architectures=["BertModel"]), manifest("regression", [])) is None
+
+
+def test_optimizer_state_is_loaded_onto_the_cpu_first(tmp_path, monkeypatch):
+    """A checkpoint written on cuda:3 must load where there is no cuda:3: every torch.load maps to the CPU (the
+    optimizer then moves its state to its parameters' device)."""
+    from ray_jobs import checkpointing
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    torch.save(model.state_dict(), tmp_path / "model.safetensors")  # only its hash is read back
+    checkpointing.save_training_state(str(tmp_path), optimizer, scheduler, {"step": 1})
+    seen = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw) or real_load(*a, **kw))
+    state = checkpointing.load_training_state(str(tmp_path), optimizer, scheduler)
+    assert state["step"] == 1 and len(seen) == 2
+    assert all(kw.get("map_location") == "cpu" and kw.get("weights_only") is True for kw in seen)

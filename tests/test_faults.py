@@ -34,7 +34,7 @@ from orchestration.ray_submission import RaySubmission
 from orchestration.types import RunStatus
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.outcome import job_dir
-from tests.helpers import assert_one_line_error, run, tiny_config, ttrain
+from tests.helpers import assert_one_line_error, run, tiny_config, ttrain, wait_until
 from tests.test_crash_recovery import EVERY, STEPS, assert_continuous_ledger, crash_config, first_checkpoint, status_of
 
 pytestmark = pytest.mark.integration
@@ -100,23 +100,28 @@ async def reused_run_id(stack) -> dict:
 async def failed_write(stack) -> RunStatus:
     client = await connect(stack)
     handle = await start_training(client, stack, "it-write-fault", crash_config())
-    first = await first_checkpoint(handle)
-    run_uri = os.path.join(stack.storage_uri, "runs", "it-write-fault")
-    blocker = Path(job_dir(run_uri, first.ray_job_id)) / f"step_{3 * EVERY:08d}"
+
+    async def submitted():  # the job is known before it can train a step: the fault is placed in time, always
+        return (await status_of(handle)).ray_job_id
+
+    job_id = await wait_until(submitted, 240, "the job's submission")
+    blocker = Path(job_dir(os.path.join(stack.storage_uri, "runs", "it-write-fault"), job_id)) / f"step_{2 * EVERY:08d}"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where a checkpoint's directory must go")  # that upload fails
     await handle.result()
     return await status_of(handle)
 
 
 async def long_run(stack) -> dict:
-    config = tiny_config(dataset={"max_rows": 300}, max_steps=30, checkpoint_every_steps=1, keep_last=2)
+    # a checkpoint every 3 steps, polled every 0.5 s: the poll sees each one before keep_last deletes it
+    config = tiny_config(dataset={"max_rows": 300}, max_steps=60, checkpoint_every_steps=3, keep_last=2)
     client = await connect(stack)
-    handle = await start_training(client, stack, "it-long", config, history_limit=60)
+    handle = await start_training(client, stack, "it-long", config, history_limit=50, poll_interval_s=0.5)
     result = await handle.result()
     return {
         "result": result,
         "status": await status_of(handle),
-        "eval": await cli("eval", "it-long", "--checkpoint", "5"),
+        "eval": await cli("eval", "it-long", "--checkpoint", "6"),
         "shown": await cli("status", "it-long"),
     }
 
@@ -206,7 +211,7 @@ def test_a_reused_run_id_attaches_refuses_replaces_and_reports(confined):
 def test_a_checkpoint_write_that_fails_once_costs_one_interval(confined):
     status = outcome(confined, "write")
     assert len(status.attempts) == 2
-    assert status.attempts[1].resumed_from_step == 2 * EVERY and status.attempts[1].steps_recomputed <= EVERY
+    assert status.attempts[1].resumed_from_step == EVERY and status.attempts[1].steps_recomputed <= EVERY
     assert status.failures_without_progress == 0
     assert [c.step for c in status.checkpoints] == list(range(EVERY, STEPS + 1, EVERY))
 
@@ -214,16 +219,16 @@ def test_a_checkpoint_write_that_fails_once_costs_one_interval(confined):
 def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_true(confined):
     got = outcome(confined, "long")
     status = got["status"]
-    assert got["result"].steps == 30 and got["result"].checkpoints == 30
+    assert got["result"].steps == 60 and got["result"].checkpoints == 20
     assert status.generation >= 1, "the run never continued as new"
     assert {a.ray_job_id for a in status.attempts} == {status.attempts[0].ray_job_id}, "a new job was submitted"
     assert all(a.reattached for a in status.attempts[1:]) and sum(a.steps_recomputed for a in status.attempts) == 0
     present = [c for c in status.checkpoints if not c.deleted]
-    assert [c.step for c in present] == [29, 30]
-    assert status.earlier_deleted_checkpoints + len(status.checkpoints) == 30
+    assert [c.step for c in present] == [57, 60]
+    assert status.earlier_deleted_checkpoints + len(status.checkpoints) == 20
     assert all(Path(c.uri).exists() for c in present)
     assert not any(Path(c.uri).exists() for c in status.checkpoints if c.deleted)
-    assert_one_line_error(got["eval"], 1, "step 5", "deleted", "available steps: [29, 30]")
+    assert_one_line_error(got["eval"], 1, "step 6", "deleted", "available steps: [57, 60]")
     assert "earlier checkpoints deleted by keep_last" in got["shown"].stdout
 
 

@@ -64,6 +64,7 @@ def train_workers(settings, state: str | None = None) -> list:
 
 
 def test_trainer_node_lost_mid_run_resumes_from_ledger_when_capacity_returns(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTRAIN_RAY_NODE_IP", "127.0.0.1")  # a head that other nodes may join (Ray resolves the address)
     settings = own_env(monkeypatch, tmp_path / "home", TEMPORAL_PORT, RAY_PORT, GCS_PORT)
     replaced: list[int] = []
     timings: dict[str, float] = {}

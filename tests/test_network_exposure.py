@@ -43,12 +43,14 @@ class Listener:
     process: str
 
     @property
-    def loopback(self) -> bool:
-        return ipaddress.ip_address(self.host.strip("[]").removeprefix("::ffff:")).is_loopback
-
-    @property
     def every_interface(self) -> bool:
         return self.host in ("0.0.0.0", "*", "[::]")
+
+    @property
+    def loopback(self) -> bool:
+        return (
+            not self.every_interface and ipaddress.ip_address(self.host.strip("[]").removeprefix("::ffff:")).is_loopback
+        )
 
 
 def stack_pids(home: Path) -> set[int]:

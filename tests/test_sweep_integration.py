@@ -142,6 +142,12 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
         return await wait_until(_closed(client.get_workflow_handle("it-cli-cancel")), 60, "the sweep to close")
 
     assert run(status()) == "CANCELED"
+    out = ttrain("sweep-ctl", "it-cli-cancel", "extend", "1")  # a cancelled sweep goes on from its state
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert ttrain("sweep-ctl", "it-cli-cancel", "cancel").returncode == 0
+    assert run(status()) == "CANCELED"
+    unknown = ttrain("sweep-ctl", "no-such-sweep", "pause")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("ttrain: error: sweep 'no-such-sweep'")
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: x\nstrategy: ladder\nspace: {params: {lr: {type: uniform, low: 0, high: 1}}}\n")
     out = ttrain("sweep", str(bad))

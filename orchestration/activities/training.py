@@ -51,10 +51,12 @@ def runs_root(storage_uri: str) -> str:
 
 def committed_checkpoints(job_uri: str) -> dict[int, str] | None:
     """Step -> URI of the checkpoints one job's Ray Train run lists as committed and kept (its checkpoint manager
-    snapshot); None while there is none, or while it is being rewritten."""
+    snapshot); None while there is none, or while Ray is rewriting it (it raises CheckpointManagerInitializationError
+    on a half-written file, among others): the next poll reads it again."""
     try:
         result = ray.train.Result.from_path(job_uri)
-    except (RuntimeError, OSError, ValueError):
+    except Exception as exc:
+        activity.logger.debug("checkpoint snapshot of %s not readable now: %s", job_uri, exc)
         return None
     return {
         int(metrics["step"]): storage.join(job_uri, os.path.basename(checkpoint.path))
