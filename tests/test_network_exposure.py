@@ -2,9 +2,11 @@
 
 Every listening TCP socket of the stack's processes (the Temporal dev server, the Ray head and every process it
 started, job drivers and Train workers included, found by their TTRAIN_HOME) is either on loopback, or one of the gRPC
-servers Ray binds to every interface whatever it is told (GCS, raylet, each Ray worker's core worker). Those are
-reached here through 127.0.0.1, which reaches a socket bound to every interface too, with a real Ray method and no
-token: each must refuse (UNAUTHENTICATED). Nothing listens on a specific non-loopback address.
+servers Ray binds to every interface whatever it is told (GCS, raylet, each Ray worker's core worker), or the
+rendezvous store PyTorch opens on rank 0 of each training job (torch.distributed's TCPStore, every interface, no
+authentication: PyTorch has none, which the README says). The Ray servers are reached here through 127.0.0.1, which
+reaches a socket bound to every interface too, with a real Ray method and no token: each must refuse
+(UNAUTHENTICATED). Nothing listens on a specific non-loopback address.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+import torch.distributed
 
 from orchestration.cli import start_training
 from orchestration.client import connect
@@ -93,6 +97,18 @@ def refuses_without_token(port: int) -> bool:
     return grpc.StatusCode.UNAUTHENTICATED in verdicts
 
 
+def is_torch_rendezvous_store(port: int) -> bool:
+    """torch.distributed's TCPStore (rank 0 of a Ray Train job): a client of its own protocol gets in, no token."""
+    try:
+        store = torch.distributed.TCPStore(
+            "127.0.0.1", port, is_master=False, timeout=timedelta(seconds=5), wait_for_workers=False
+        )
+        store.num_keys()
+    except Exception:  # not a TCPStore: its handshake fails
+        return False
+    return True
+
+
 def kind(process: str) -> str:
     """The README's names for what listens: Ray's processes show as `ray::<Actor>`, job drivers as `python`."""
     if process.startswith("ray::") or process == "python":
@@ -119,5 +135,7 @@ def test_everything_listens_on_loopback_or_refuses_without_the_token(stack):
     exposed = [x for x in found if not x.loopback]
     assert all(x.every_interface for x in exposed), f"bound to a specific non-loopback address: {exposed}"
     assert {kind(x.process) for x in exposed} <= {"gcs_server", "raylet", "Ray worker or job driver (core worker)"}
-    served = [x for x in exposed if not refuses_without_token(x.port)]
+    stores = [x for x in exposed if x.process.startswith("ray::RayTrainWo") and is_torch_rendezvous_store(x.port)]
+    assert len(stores) == 1, "rank 0's rendezvous store: on every interface, no authentication (README)"
+    served = [x for x in exposed if x not in stores and not refuses_without_token(x.port)]
     assert not served, f"served without Ray's token: {served}"
