@@ -117,25 +117,26 @@ def kind(process: str) -> str:
 
 
 def test_everything_listens_on_loopback_or_refuses_without_the_token(stack):
-    async def while_a_job_trains() -> list[Listener]:  # a job's driver and Train workers listen too: look then
-        client = await connect(stack)
-        handle = await start_training(client, stack, "it-exposure", tiny_config(max_steps=40))
+    async def while_a_job_trains() -> tuple[list[Listener], list[Listener], list[Listener]]:
+        client = await connect(stack)  # a job's driver and Train workers listen too: look, and knock, while it trains
+        handle = await start_training(client, stack, "it-exposure", tiny_config(max_steps=2000))
 
         async def checkpointed():
             return (await handle.query(CheckpointedTrainingWorkflow.status)).checkpoints
 
         await wait_until(checkpointed, 240, "the job's first checkpoint")
         found = listeners(stack_pids(stack.home))
-        await handle.result()
-        return found
+        exposed = [x for x in found if not x.loopback]
+        stores = [x for x in exposed if x.process.startswith("ray::RayTrainWo") and is_torch_rendezvous_store(x.port)]
+        served = [x for x in exposed if x not in stores and not refuses_without_token(x.port)]
+        await handle.cancel()  # the workflow stops the job
+        return found, stores, served
 
-    found = run(while_a_job_trains())
+    found, stores, served = run(while_a_job_trains())
     kinds = {kind(x.process) for x in found}
     assert {"temporal", "gcs_server", "raylet", "Ray worker or job driver (core worker)"} <= kinds, kinds
     exposed = [x for x in found if not x.loopback]
     assert all(x.every_interface for x in exposed), f"bound to a specific non-loopback address: {exposed}"
     assert {kind(x.process) for x in exposed} <= {"gcs_server", "raylet", "Ray worker or job driver (core worker)"}
-    stores = [x for x in exposed if x.process.startswith("ray::RayTrainWo") and is_torch_rendezvous_store(x.port)]
     assert len(stores) == 1, "rank 0's rendezvous store: on every interface, no authentication (README)"
-    served = [x for x in exposed if x not in stores and not refuses_without_token(x.port)]
     assert not served, f"served without Ray's token: {served}"
