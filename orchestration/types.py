@@ -49,6 +49,9 @@ class RunOptions(Model):
     training_queue: str = "ttrain-training"
     heartbeat_timeout_s: float = Field(default=30.0, ge=1.0)
     stall_timeout_s: float = Field(default=600.0, ge=1.0, description="fail the attempt if the step stops advancing")
+    startup_timeout_s: float = Field(
+        default=1800.0, ge=1.0, description="how long a job may take to train its first step (nodes, data, compile)"
+    )
     poll_interval_s: float = Field(default=2.0, gt=0.0)
     max_failures_without_progress: int = Field(
         default=8, ge=1, description="consecutive failed attempts with no new checkpoint before the run fails"
@@ -66,6 +69,9 @@ class TrainingRequest(Model):
     resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
     stop_at_step: int | None = Field(default=None, ge=1, description="train only up to here (a ladder rung)")
     carried: RunCarry | None = Field(default=None, description="the run so far, handed over by continue-as-new")
+    report_to: Identifier | None = Field(
+        default=None, description="a workflow (a sweep) told how the run ended, by a `run_finished` signal"
+    )
 
 
 class SnapshotRequest(Model):
@@ -104,6 +110,14 @@ class TrainAttemptResult(Model):
     final_checkpoint: CheckpointInfo
     total_steps: int
     ray_job_id: str
+
+
+class RunReport(Model):
+    """How a run ended, signalled to `TrainingRequest.report_to`: a sweep learns it even after continuing as new."""
+
+    workflow_id: str
+    result: TrainingResult | None = None
+    error: str | None = None
 
 
 class TrainingResult(Model):

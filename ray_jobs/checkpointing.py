@@ -26,13 +26,15 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)
 
 
-def save_training_state(directory: str, optimizer, scheduler, state: dict) -> None:
-    """Written after the weights (`model.safetensors` in `directory`), whose hash goes into the state file."""
+def save_training_state(directory: str, optimizer, scheduler, state: dict) -> dict:
+    """Written after the weights (`model.safetensors` in `directory`), whose hash goes into the state file; returns
+    the state as written."""
     torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
     torch.save(scheduler.state_dict(), os.path.join(directory, "scheduler.pt"))
     state = {**state, "content_hash": "sha256:" + storage.sha256_file(os.path.join(directory, WEIGHTS_FILE))}
     with open(os.path.join(directory, STATE_FILE), "w") as f:
         json.dump(state, f, indent=1, sort_keys=True)
+    return state
 
 
 def load_training_state(local_dir: str, optimizer, scheduler) -> dict:

@@ -132,7 +132,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
             }
             if reached_at is not None:
                 metrics["time_to_target_s"] = reached_at
-            job_runner.report(metrics, rank, spec.ray_job_id, _weights_saver(model), optimizer, scheduler)
+            job_runner.report(spec, metrics, rank, _weights_saver(model), optimizer, scheduler)
         window_start = time.perf_counter()
 
 

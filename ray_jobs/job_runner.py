@@ -26,11 +26,13 @@ from ray_jobs import checkpointing, storage
 from ray_jobs.outcome import (
     OUTCOME_FILE,
     PROGRESS_FILE,
+    CommittedCheckpoint,
     DeterministicJobError,
     Diverged,
     InvalidJobInput,
     JobOutcome,
     JobProgress,
+    commit_record_uri,
     job_dir,
 )
 from ray_jobs.specs import JobSpec
@@ -112,19 +114,31 @@ class DivergenceGuard:
             raise Diverged(f"loss became {kind} at step {step}")
 
 
-def report(
-    metrics: dict, rank: int, ray_job_id: str, save_weights: Callable[[str], None], optimizer, scheduler
-) -> None:
-    """Every worker calls report (it is a barrier); only rank 0 writes the files, which Ray commits as one dir."""
-    name = checkpointing.checkpoint_dir_name(int(metrics["step"]))
+def report(spec: JobSpec, metrics: dict, rank: int, save_weights: Callable[[str], None], optimizer, scheduler) -> None:
+    """Every worker calls report (it is a barrier); only rank 0 writes the files, which Ray commits as one dir, and
+    then, the upload done, the commit record the training activity reads (`ray_jobs.outcome.CommittedCheckpoint`)."""
+    step = int(metrics["step"])
+    name = checkpointing.checkpoint_dir_name(step)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
+        checkpoint, state = None, {}
         if rank == 0:
             save_weights(tmp)
-            state = {**metrics, "ray_job_id": ray_job_id, "created_at": time.time()}
-            checkpointing.save_training_state(tmp, optimizer, scheduler, state)
+            state = {**metrics, "ray_job_id": spec.ray_job_id, "created_at": time.time()}
+            state = checkpointing.save_training_state(tmp, optimizer, scheduler, state)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+    if rank == 0:
+        job_uri = job_dir(run_dir(spec), spec.ray_job_id)
+        record = CommittedCheckpoint(
+            step=step,
+            epoch=float(state["epoch"]),
+            uri=storage.join(job_uri, name),
+            metrics={k: float(v) for k, v in state.items() if isinstance(v, int | float) and k != "created_at"},
+            content_hash=state["content_hash"],
+            created_at=state["created_at"],
+            ray_job_id=spec.ray_job_id,
+        )
+        storage.write_json(commit_record_uri(run_dir(spec), spec.ray_job_id, step), record.model_dump(mode="json"))
 
 
 def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.train.torch.TorchTrainer:

@@ -19,6 +19,7 @@ from ray_jobs import storage
 
 PROGRESS_FILE = "progress.json"
 OUTCOME_FILE = "outcome.json"
+COMMITS_DIR = "commits"  # one record per checkpoint the job committed, written once its upload has finished
 
 
 class DeterministicJobError(Exception):
@@ -45,6 +46,19 @@ class JobProgress(_Wire):
     total_steps: int
     loss: float
     time: float
+
+
+class CommittedCheckpoint(_Wire):
+    """Written by rank 0 once `ray.train.report` has returned, i.e. once the checkpoint's upload has finished: the
+    activity learns of every checkpoint from these (never from Ray's own snapshot, which Ray rewrites and prunes)."""
+
+    step: int
+    epoch: float
+    uri: str
+    metrics: dict[str, float]
+    content_hash: str
+    created_at: float
+    ray_job_id: str
 
 
 class JobOutcome(_Wire):
@@ -77,3 +91,20 @@ def read_outcome(run_uri: str, ray_job_id: str) -> JobOutcome | None:
         return JobOutcome.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), OUTCOME_FILE)))
     except (OSError, ValueError):
         return None
+
+
+def commit_record_uri(run_uri: str, ray_job_id: str, step: int) -> str:
+    return storage.join(job_dir(run_uri, ray_job_id), COMMITS_DIR, f"step_{step:08d}.json")
+
+
+def read_commits(run_uri: str, ray_job_id: str, after_step: int) -> list[CommittedCheckpoint]:
+    """The job's commit records newer than `after_step`, in step order (a record half-written is read next time)."""
+    directory = storage.join(job_dir(run_uri, ray_job_id), COMMITS_DIR)
+    found = []
+    for name in storage.list_names(directory):
+        if name.startswith("step_") and name.endswith(".json") and int(name[5:13]) > after_step:
+            try:
+                found.append(CommittedCheckpoint.model_validate(storage.read_json(storage.join(directory, name))))
+            except (OSError, ValueError):
+                break  # keep the order: what follows waits for the next poll
+    return found

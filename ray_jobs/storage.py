@@ -58,6 +58,22 @@ def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
+def list_names(uri: str) -> list[str]:
+    """The names in a directory, sorted; none if it does not exist (yet)."""
+    fs, path = resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(os.path.basename(i.path) for i in infos)
+
+
+def delete_file(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def delete_dir(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:

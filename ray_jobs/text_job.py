@@ -110,7 +110,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
             }
             if done == stop:
                 metrics |= _evaluate(model, tokenizer, spec, regression, device, bf16)
-            job_runner.report(metrics, rank, spec.ray_job_id, _weights_saver(model, tokenizer), optimizer, scheduler)
+            job_runner.report(spec, metrics, rank, _weights_saver(model, tokenizer), optimizer, scheduler)
             model.train()
 
 

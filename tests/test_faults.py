@@ -113,10 +113,9 @@ async def failed_write(stack) -> RunStatus:
 
 
 async def long_run(stack) -> dict:
-    # a checkpoint every 3 steps, polled every 0.5 s: the poll sees each one before keep_last deletes it
     config = tiny_config(dataset={"max_rows": 300}, max_steps=60, checkpoint_every_steps=3, keep_last=4)
     client = await connect(stack)
-    handle = await start_training(client, stack, "it-long", config, history_limit=50, poll_interval_s=0.5)
+    handle = await start_training(client, stack, "it-long", config, history_limit=50)
     result = await handle.result()
     return {
         "result": result,
@@ -225,12 +224,12 @@ def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_t
     assert all(a.reattached for a in status.attempts[1:]) and sum(a.steps_recomputed for a in status.attempts) == 0
     steps = [c.step for c in status.checkpoints]
     assert steps == sorted(set(steps)) and all(step % 3 == 0 for step in steps)
+    assert len(steps) + status.earlier_deleted_checkpoints == 20
     present = [c for c in status.checkpoints if not c.deleted]
     assert [c.step for c in present] == [51, 54, 57, 60]  # keep_last 4, across the handovers
     assert all(Path(c.uri).exists() for c in present)
     assert not any(Path(c.uri).exists() for c in status.checkpoints if c.deleted), "the ledger lists a deleted one"
-    # a checkpoint Ray committed and deleted during a handover may be missing from the ledger (README); never more
-    assert 20 - 2 * status.generation <= got["result"].checkpoints <= 20
+    assert got["result"].checkpoints == 20  # every checkpoint reached the ledger, however soon it was pruned
     assert_one_line_error(got["eval"], 1, "step 6", "available steps: [51, 54, 57, 60]")
     assert "earlier checkpoints deleted by keep_last" in got["shown"].stdout
 

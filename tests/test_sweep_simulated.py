@@ -17,6 +17,7 @@ from temporalio.worker import Replayer, Worker
 from orchestration.activities.sweeps import SWEEP_ACTIVITIES, propose
 from orchestration.sweeps.models import BEST_SCORE, SEARCH_ATTRIBUTES, SweepSpec, SweepState, TpeRequest
 from orchestration.sweeps.space import SearchSpace
+from orchestration.sweeps.usage import slot_usage
 from orchestration.types import RunOptions
 from orchestration.workflows.sweep import SweepWorkflow
 from tests.helpers import run
@@ -219,3 +220,30 @@ def test_proxy_trainer_ladder_sweep_learns_and_resumes_from_rung_checkpoints(tmp
     assert 0.6 < top[0].results[-1].score <= 1.0  # real learning on real reviews
     assert state.steps_done == sum(t.results[-1].steps for t in state.trials)
     assert [r.steps_spent for t in state.trials for r in t.results] != []
+
+
+def test_continue_as_new_keeps_trials_running_and_every_slot_busy(tmp_path):
+    # segments of 0.3 s (rung 0) to 1.8 s (top rung), history short enough to continue as new several times
+    s = spec(
+        trials=80,
+        max_concurrency=4,
+        ladder={"min_steps": 10, "max_steps": 90, "eta": 3},
+        simulated_step_ms=30,
+        history_limit=200,
+    )
+    ((state, histories),) = run(run_sweeps([s], tmp_path))
+    assert len(histories) >= 3, "the sweep never continued as new"
+    handed_over = [h for h in histories[1:] if _started_with(h).live]
+    assert handed_over, "no execution adopted running segments"
+    assert sorted(t.index for t in state.trials) == list(range(80))  # every trial once
+    for t in state.trials:  # every result once, at consecutive rungs
+        assert [r.rung for r in t.results] == list(range(len(t.results)))
+    assert state.steps_done == sum(t.results[-1].steps for t in state.trials)  # no segment counted twice
+    usage = slot_usage(state)
+    assert usage.longest_idle_s <= 1.0, f"a slot idled {usage.longest_idle_s:.2f}s (a drain?)"
+    assert usage.utilization >= 0.85, usage
+
+
+def _started_with(history) -> SweepState:
+    payload = history.events[0].workflow_execution_started_event_attributes.input.payloads[0]
+    return SweepState.model_validate_json(payload.data)

@@ -22,7 +22,6 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from orchestration.types import (
-    CheckpointInfo,
     DatasetSnapshot,
     RunOptions,
     SnapshotRequest,
@@ -139,7 +138,3 @@ def test_cancel_stops_the_runs_jobs():
     with pytest.raises(WorkflowFailureError):
         run(run_workflow(stubs, cancel_after=2.0))
     assert len(stubs.stopped) == 1 and stubs.status.state == "cancelled"
-
-
-def test_checkpoint_info_is_unchanged_for_the_ledger():
-    assert CheckpointInfo.model_validate(checkpoint(5).model_dump()).deleted is False

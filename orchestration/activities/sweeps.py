@@ -9,8 +9,9 @@ import random
 
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import WorkflowExecutionStatus
 
-from orchestration.sweeps.models import GcRequest, PlotRequest, RungResult, TpeRequest, TrialSegment
+from orchestration.sweeps.models import GcRequest, PlotRequest, RungResult, SegmentReport, TpeRequest, TrialSegment
 from orchestration.sweeps.space import Choice, IntRange, LogUniform
 from ray_jobs import storage
 
@@ -49,6 +50,20 @@ def synthetic_score(seg: TrialSegment, seed: int) -> float:
     return ceiling * (1.0 - math.exp(-seg.stop_at_step / 60.0)) + noise
 
 
+async def reported(seg: TrialSegment, result: RungResult) -> RungResult:
+    """If the sweep execution that started this segment has continued as new, its result would go nowhere: tell the
+    sweep's current execution by signal. (While that execution is open, the result alone suffices: no extra event.)"""
+    info = activity.info()
+    client = activity.client()
+    own = client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+    if (await own.describe()).status == WorkflowExecutionStatus.RUNNING:
+        return result
+    await client.get_workflow_handle(info.workflow_id).signal(
+        "segment_finished", SegmentReport(segment_id=seg.segment_id, result=result)
+    )
+    return result
+
+
 @activity.defn
 async def proxy_segment(seg: TrialSegment) -> RungResult:
     """The proxy trainer (`sweeps.proxy`): real logistic regression, checkpointed per trial in storage."""
@@ -65,12 +80,16 @@ async def proxy_segment(seg: TrialSegment) -> RungResult:
         seg.stop_at_step,
         seg.config.max_steps or seg.stop_at_step,
     )
-    return RungResult(rung=seg.trial.rung, steps=steps, score=score)
+    return await reported(seg, RungResult(rung=seg.trial.rung, steps=steps, score=score))
 
 
 @activity.defn
 async def simulate_segment(seg: TrialSegment) -> RungResult:
-    return RungResult(rung=seg.trial.rung, steps=seg.stop_at_step, score=synthetic_score(seg, seg.config.seed))
+    """A synthetic learning curve; with `simulated_step_ms`, it takes that long per step, like a real segment."""
+    start = seg.trial.latest.steps if seg.trial.latest else 0
+    await asyncio.sleep((seg.stop_at_step - start) * seg.simulated_step_ms / 1000)
+    score = synthetic_score(seg, seg.config.seed)
+    return await reported(seg, RungResult(rung=seg.trial.rung, steps=seg.stop_at_step, score=score))
 
 
 def plot(req: PlotRequest) -> str:

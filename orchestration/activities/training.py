@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-import ray.train
 from ray.job_submission import JobStatus
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -34,8 +33,8 @@ from orchestration.ledger import newest
 from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
-from ray_jobs import checkpointing, storage
-from ray_jobs.outcome import job_dir, read_outcome, read_progress
+from ray_jobs import storage
+from ray_jobs.outcome import CommittedCheckpoint, commit_record_uri, read_commits, read_outcome, read_progress
 from ray_jobs.specs import JobSpec
 
 JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job"}  # by config kind
@@ -49,33 +48,16 @@ def runs_root(storage_uri: str) -> str:
     return storage.join(storage_uri, "runs")
 
 
-def committed_checkpoints(job_uri: str) -> dict[int, str] | None:
-    """Step -> URI of the checkpoints one job's Ray Train run lists as committed and kept (its checkpoint manager
-    snapshot); None while there is none, or while Ray is rewriting it (it raises CheckpointManagerInitializationError
-    on a half-written file, among others): the next poll reads it again."""
-    try:
-        result = ray.train.Result.from_path(job_uri)
-    except Exception as exc:
-        activity.logger.debug("checkpoint snapshot of %s not readable now: %s", job_uri, exc)
-        return None
-    return {
-        int(metrics["step"]): storage.join(job_uri, os.path.basename(checkpoint.path))
-        for checkpoint, metrics in result.best_checkpoints
-        if "step" in metrics
-    }
-
-
-def checkpoint_info(uri: str, run_id: str) -> CheckpointInfo:
-    state = storage.read_json(storage.join(uri, checkpointing.STATE_FILE))
+def ledger_entry(run_id: str, record: CommittedCheckpoint) -> CheckpointInfo:
     return CheckpointInfo(
         run_id=run_id,
-        step=int(state["step"]),
-        epoch=float(state["epoch"]),
-        uri=uri,
-        metrics={k: float(v) for k, v in state.items() if isinstance(v, int | float) and k != "created_at"},
-        content_hash=state["content_hash"],
-        created_at=datetime.fromtimestamp(state["created_at"], tz=timezone.utc),
-        ray_job_id=state["ray_job_id"],
+        step=record.step,
+        epoch=record.epoch,
+        uri=record.uri,
+        metrics=record.metrics,
+        content_hash=record.content_hash,
+        created_at=datetime.fromtimestamp(record.created_at, tz=timezone.utc),
+        ray_job_id=record.ray_job_id,
     )
 
 
@@ -194,12 +176,18 @@ class _Attempt:
         submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python)
 
     async def _follow(self, job_id: str) -> TrainAttemptResult:
+        """Until the job ends. A job that has not trained a step yet is starting (its Train workers wait for a node,
+        load data, compile): that is bounded by `startup_timeout_s`; once it trains, `stall_timeout_s` without a new
+        step means it hangs. Either way the job is stopped and the next attempt resumes from the ledger."""
         last_advance = time.monotonic()
+        started_training = False
         while True:
             status = await self._patiently(self.ray.status, job_id)
             before = self.progress.step
             await self._mirror_checkpoints(job_id)
             live = await asyncio.to_thread(read_progress, self.run_uri, job_id)
+            if live is not None and not started_training:
+                started_training, last_advance = True, time.monotonic()
             if live is not None and live.step > self.progress.step:
                 self.progress.step, self.progress.total_steps, self.progress.loss = (
                     live.step,
@@ -215,12 +203,15 @@ class _Attempt:
                 raise self._failure(f"Ray job {job_id} disappeared from the cluster (was the Ray head restarted?)")
             if status.is_terminal():
                 return await self._finish(job_id, status)
-            if time.monotonic() - last_advance > self.opts.stall_timeout_s:
+            limit = self.opts.stall_timeout_s if started_training else self.opts.startup_timeout_s
+            if time.monotonic() - last_advance > limit:
                 await self._signal("attempt_stalled", job_id)  # a stale attempt learns it is one here, and stops
                 await self._patiently(self.ray.stop, job_id)
+                what = (
+                    f"no progress past step {self.progress.step}" if started_training else "it never started training"
+                )
                 raise self._failure(
-                    f"no progress past step {self.progress.step} in {self.opts.stall_timeout_s:.0f}s; "
-                    "stopped the job, the next attempt resumes from the ledger",
+                    f"{what} in {limit:.0f}s; stopped the job, the next attempt resumes from the ledger",
                     "TrainingStalled",
                 )
             await asyncio.sleep(self.opts.poll_interval_s)
@@ -247,38 +238,43 @@ class _Attempt:
         raise self._failure(f"Ray job {job_id} ended {status.value}: {last_line}")
 
     async def _mirror_checkpoints(self, job_id: str) -> None:
-        """Signal each checkpoint the job committed since the last poll, then keep the ledger true to storage."""
-        listed = await asyncio.to_thread(committed_checkpoints, job_dir(self.run_uri, job_id))
-        if listed is None:
-            return
+        """Signal each checkpoint the job committed since the last poll (from its commit records: none is missed,
+        however soon Ray prunes it), then keep the ledger true to storage."""
         after = self.progress.latest_checkpoint.step if self.progress.latest_checkpoint else -1
-        for step in sorted(s for s in listed if s > after):
-            try:
-                info = await asyncio.to_thread(checkpoint_info, listed[step], self.inp.run_id)
-            except (OSError, ValueError) as exc:  # a storage hiccup: read it next poll
-                activity.logger.warning("checkpoint %s not readable yet: %s", listed[step], exc)
-                return
+        try:
+            records = await asyncio.to_thread(read_commits, self.run_uri, job_id, after)
+        except OSError as exc:  # a storage hiccup: read them next poll
+            activity.logger.warning("commit records of %s not readable now: %s", job_id, exc)
+            return
+        for record in records:
+            info = ledger_entry(self.inp.run_id, record)
             await self._signal("checkpoint_committed", info)
             self.ledger.append(info)
             self.progress.latest_checkpoint = info
             self.progress.step = max(self.progress.step, info.step)
-        await self._apply_keep_last(job_id, set(listed))
+        if records:
+            await self._apply_keep_last(job_id)
 
-    async def _apply_keep_last(self, job_id: str, listed: set[int]) -> None:
+    async def _apply_keep_last(self, job_id: str) -> None:
         """Keep the run's newest `keep_last` checkpoints, across its jobs. The running job's Ray Train run deletes its
-        own beyond that (it must: it references them), which the ledger hears of here; older jobs' checkpoints are
-        this attempt's to delete, and the ledger hears of those before they go."""
-        kept = {c.step for c in self.ledger[-self.inp.config.keep_last :]}
-        by_ray = [c for c in self.ledger if c.ray_job_id == job_id and c.step not in listed]
+        own beyond `keep_last` (it must: it references them) as it registers each new one; the ledger marks those
+        by that rule, maybe a moment before Ray gets to it, never after. Older jobs' checkpoints are this attempt's
+        to delete, and the ledger hears of those before they go. Their commit records go with them."""
+        keep = self.inp.config.keep_last
+        kept = {c.step for c in self.ledger[-keep:]}
+        own = [c for c in self.ledger if c.ray_job_id == job_id]
+        by_ray = own[:-keep]
         ours = [c for c in self.ledger if c.ray_job_id != job_id and c.step not in kept]
         if not by_ray and not ours:
             return
-        await self._signal("checkpoints_deleted", [c.step for c in by_ray + ours])
-        gone = {c.step for c in by_ray + ours}
-        self.ledger = [c for c in self.ledger if c.step not in gone]
-        for c in ours:
+        gone = by_ray + ours
+        await self._signal("checkpoints_deleted", [c.step for c in gone])
+        self.ledger = [c for c in self.ledger if c not in gone]
+        for c in gone:
             try:
-                await asyncio.to_thread(storage.delete_dir, c.uri)
+                if c in ours:
+                    await asyncio.to_thread(storage.delete_dir, c.uri)
+                await asyncio.to_thread(storage.delete_file, commit_record_uri(self.run_uri, c.ray_job_id, c.step))
             except OSError as exc:
                 activity.logger.warning("checkpoint %s not deleted: %s", c.uri, exc)
 

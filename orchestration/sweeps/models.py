@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,7 +60,10 @@ class SweepSpec(_Model):
     max_concurrency: int = Field(default=2, ge=1)
     seed: int = 0
     trainer: Literal["real", "simulated", "proxy"] = "real"
-    history_limit: int = Field(default=4_000, ge=200, description="events per run before drain + continue-as-new")
+    simulated_step_ms: float = Field(
+        default=0.0, ge=0.0, description="simulated trainer only: wall time per step, so segments take real time"
+    )
+    history_limit: int = Field(default=4_000, ge=200, description="events per run before continue-as-new")
 
     @model_validator(mode="after")
     def _ladder_needs_rungs(self) -> SweepSpec:
@@ -88,6 +92,26 @@ class RungResult(_Model):
     score: float
     checkpoint: CheckpointInfo | None = None
     steps_spent: int = 0  # the sweep's completed training steps when this result came in
+    started_at: datetime | None = None  # when the segment that produced it started, and when its result came in
+    finished_at: datetime | None = None
+
+
+class LiveSegment(_Model):
+    """A segment started and not yet reported. Continue-as-new carries these: the next execution adopts them."""
+
+    segment_id: str  # `<run id>-r<rung>`: the child workflow's id for real trials, the report's key for all
+    run_id: str
+    rung: int
+    started_at: datetime
+    reports: bool = True  # reports its end by signal (false for segments a sweep started before that existed)
+
+
+class SegmentReport(_Model):
+    """A simulated or proxy segment's result, signalled by its activity when the execution that started it has
+    continued as new (its own result then goes nowhere)."""
+
+    segment_id: str
+    result: RungResult
 
 
 class Trial(_Model):
@@ -119,6 +143,7 @@ class SweepState(_Model):
     generation: int = 0
     search_attributes: bool = True
     warnings: list[str] = Field(default_factory=list, description="side jobs that failed without failing the sweep")
+    live: list[LiveSegment] = Field(default_factory=list, description="segments running across continue-as-new")
 
 
 class SweepLeaderboard(_Model):
@@ -144,6 +169,8 @@ class TrialSegment(_Model):
     config: FineTuneConfig
     stop_at_step: int
     options: RunOptions
+    segment_id: str = ""
+    simulated_step_ms: float = 0.0
 
 
 class TpeRequest(_Model):

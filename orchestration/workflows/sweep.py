@@ -3,8 +3,11 @@
 All state lives in one SweepState. Decisions come from pure code (`sweeps.space`, `sweeps.ladder`) or from
 activities whose results the history records (TPE proposals), so replay re-derives every decision. A promoted
 trial continues its own run from its rung checkpoint (same snapshot, LR schedule set for the maximum budget), never
-from zero. The history stays bounded: past a threshold the sweep drains its running trials and continues-as-new
-carrying the state. Live control: pause / resume / stop signals; add-trials and max-concurrency updates.
+from zero. The history stays bounded: past a threshold the sweep continues as new carrying the state, and the
+segments still running go on running: each one reports its own end by signal to the sweep's id (a training child
+is started with ParentClosePolicy.ABANDON and signals `run_finished`; a simulated or proxy segment's activity
+signals `segment_finished`), so the next execution adopts them and no slot idles while a long trial finishes.
+Live control: pause / resume / stop signals; add-trials and max-concurrency updates.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, FailureError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.errors import INVALID_INPUT, root_message
@@ -27,8 +31,10 @@ with workflow.unsafe.imports_passed_through():
         SEARCH_ATTRIBUTES,
         TRIALS,
         GcRequest,
+        LiveSegment,
         PlotRequest,
         RungResult,
+        SegmentReport,
         SweepLeaderboard,
         SweepState,
         TpeRequest,
@@ -37,11 +43,12 @@ with workflow.unsafe.imports_passed_through():
         gc_candidates,
     )
     from orchestration.sweeps.space import apply
-    from orchestration.types import TrainingRequest, TrainingResult
+    from orchestration.types import RunReport, TrainingRequest, TrainingResult
     from orchestration.workflows.coordinator import CHILD
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
     from ray_jobs import storage
 
+LIVE_HANDOVER = "live-handover"  # the patch that ended the drain before continue-as-new
 ACTIVITY = {
     "start_to_close_timeout": timedelta(minutes=5),
     "retry_policy": RetryPolicy(maximum_attempts=5, non_retryable_error_types=[INVALID_INPUT]),
@@ -58,7 +65,7 @@ class SweepWorkflow:
     @workflow.init
     def __init__(self, state: SweepState) -> None:
         self.s = state
-        self.running = 0
+        self.live: dict[str, LiveSegment] = {seg.segment_id: seg for seg in state.live}  # handed over, still running
         self.draining = False
         self.by_run_id = {t.run_id: t for t in state.trials}
         self.best_key: tuple[int, float] | None = None  # (rung, signed score) of the best result so far
@@ -75,33 +82,50 @@ class SweepWorkflow:
                 self.best_key = max(self.best_key or self._rank(r), self._rank(r))
             for rung in range(trial.rung):
                 self.ladder.mark_promoted(trial.run_id, rung)
-            if trial.state == "running":  # drained before continue-as-new: it had finished or failed
-                trial.state = "failed"
+            if trial.state == "running" and all(seg.run_id != trial.run_id for seg in state.live):
+                trial.state = "failed"  # a sweep of before the live handover drained: it had finished or failed
 
     @workflow.run
     async def run(self, state: SweepState) -> SweepState:
         if self.s.search_attributes and workflow.patched("check-search-attributes"):
             await self._check_search_attributes()
         tasks: set[asyncio.Task] = set()
-        while True:
-            await workflow.wait_condition(lambda: self._startable() or self._finished() or self._should_drain())
-            if self._should_drain():
-                self.draining = True
-                await workflow.wait_condition(lambda: self.running == 0)
-                self.s.generation += 1
-                workflow.continue_as_new(self.s)
-            if self._finished():
-                break
-            segment = await self._next_segment()
-            if segment is None:
-                continue
-            self.running += 1
-            task = asyncio.create_task(self._run_segment(segment))
+
+        def spawn(coro) -> None:
+            task = asyncio.create_task(coro)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+
+        for seg in list(self.live.values()):  # adopted from the execution before: they report by signal
+            if self.s.spec.trainer != "real":
+                spawn(self._reissue_if_lost(seg))
+        try:
+            while True:
+                await workflow.wait_condition(lambda: self._startable() or self._finished() or self._history_is_long())
+                if self._history_is_long():
+                    if workflow.patched(LIVE_HANDOVER) and all(seg.reports for seg in self.live.values()):
+                        await workflow.wait_condition(workflow.all_handlers_finished)
+                        self.s.live = list(self.live.values())
+                    else:  # segments of a sweep started before the live handover: drain, as it always did
+                        self.draining = True
+                        await workflow.wait_condition(lambda: self.running == 0)
+                    self.s.generation += 1
+                    workflow.continue_as_new(self.s)
+                if self._finished():
+                    break
+                segment = await self._next_segment()
+                if segment is not None:
+                    spawn(self._run_segment(segment))
+        except asyncio.CancelledError:
+            await self._cancel_live_children()
+            raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._finalize()
         return self.s
+
+    @property
+    def running(self) -> int:
+        return len(self.live)
 
     # ---- decisions ----
     def _over_budget(self) -> bool:
@@ -127,7 +151,7 @@ class SweepWorkflow:
             return False
         return self.s.stopping or not (self._new_trials_left() or self._promotable())
 
-    def _should_drain(self) -> bool:
+    def _history_is_long(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.s.spec.history_limit
 
@@ -141,16 +165,36 @@ class SweepWorkflow:
             trial = await self._new_trial()
         else:
             return None
-        spec = self.s.spec
-        budget = self.ladder.budgets[trial.rung]
         try:
-            config = apply(spec.base, {**trial.params, "max_steps": spec.max_budget or budget})
+            segment = self._segment(trial)
         except ValueError as exc:
             trial.state, trial.error = "failed", f"invalid sampled config: {exc}"
             return None
         previous = trial.latest.steps if trial.latest else 0
-        self.s.steps_used += budget - previous
-        return TrialSegment(sweep_id=spec.id, trial=trial, config=config, stop_at_step=budget, options=self.s.options)
+        self.s.steps_used += segment.stop_at_step - previous
+        self.live[segment.segment_id] = LiveSegment(
+            segment_id=segment.segment_id,
+            run_id=trial.run_id,
+            rung=trial.rung,
+            started_at=workflow.now(),
+            reports=self._handover,
+        )
+        return segment
+
+    def _segment(self, trial: Trial) -> TrialSegment:
+        """The trial's next segment: from its last rung up to its current rung's budget."""
+        spec = self.s.spec
+        budget = self.ladder.budgets[trial.rung]
+        config = apply(spec.base, {**trial.params, "max_steps": spec.max_budget or budget})
+        return TrialSegment(
+            sweep_id=spec.id,
+            trial=trial,
+            config=config,
+            stop_at_step=budget,
+            options=self.s.options,
+            segment_id=f"{trial.run_id}-r{trial.rung}",
+            simulated_step_ms=spec.simulated_step_ms,
+        )
 
     async def _new_trial(self) -> Trial:
         spec = self.s.spec
@@ -180,25 +224,81 @@ class SweepWorkflow:
 
     # ---- execution ----
     async def _run_segment(self, seg: TrialSegment) -> None:
-        trial = self.by_run_id[seg.trial.run_id]
+        """Within one execution the segment's own outcome completes it; after a handover, its report does."""
         try:
             if self.s.spec.trainer == "real":
-                result = await self._train(seg, trial)
+                training = await self._train(seg)
+                if seg.segment_id not in self.live:  # its report came first
+                    return
+                result = self._rung_result(seg.segment_id, training)
             else:
                 activity_name = "simulate_segment" if self.s.spec.trainer == "simulated" else "proxy_segment"
                 result = await workflow.execute_activity(activity_name, seg, result_type=RungResult, **ACTIVITY)
-            self.s.steps_done += result.steps - (trial.latest.steps if trial.latest else 0)
-            result.steps_spent = self.s.steps_done
-            if not math.isfinite(result.score):  # a diverged metric ranks nowhere: the trial failed, the sweep goes on
-                raise ApplicationError(f"{self.s.spec.metric} is {result.score} at step {result.steps}")
-            trial.results.append(result)
-            self.ladder.record(trial.run_id, result.rung, result.score)
-            trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
-            self._publish_best(result)
         except FailureError as exc:
-            trial.state, trial.error = "failed", root_message(exc)
-        finally:
-            self.running -= 1
+            self._complete(seg.segment_id, error=root_message(exc))
+            return
+        except ValueError as exc:  # the run did not report the sweep's metric
+            self._complete(seg.segment_id, error=str(exc))
+            return
+        self._complete(seg.segment_id, result)
+
+    async def _reissue_if_lost(self, seg: LiveSegment) -> None:
+        """An activity segment handed over by continue-as-new reports by signal; if its worker died meanwhile nobody
+        retries it (its execution is closed), so after its timeout it runs again (a late report is ignored)."""
+        wait = ACTIVITY["start_to_close_timeout"] - (workflow.now() - seg.started_at)
+        try:
+            await workflow.wait_condition(lambda: seg.segment_id not in self.live, timeout=max(wait, timedelta(0)))
+        except asyncio.TimeoutError:
+            trial = self.by_run_id[seg.run_id]
+            self.live[seg.segment_id] = seg.model_copy(update={"started_at": workflow.now()})
+            await self._run_segment(self._segment(trial))
+
+    def _complete(self, segment_id: str, result: RungResult | None = None, error: str | None = None) -> None:
+        """A segment's end, once: by its own outcome or its report, whichever comes first."""
+        live = self.live.pop(segment_id, None)
+        if live is None:
+            return
+        trial = self.by_run_id[live.run_id]
+        if result is not None and not math.isfinite(result.score):  # a diverged metric ranks nowhere
+            result, error = None, f"{self.s.spec.metric} is {result.score} at step {result.steps}"
+        if result is None:
+            trial.state, trial.error = "failed", error
+            return
+        self.s.steps_done += result.steps - (trial.latest.steps if trial.latest else 0)
+        result = result.model_copy(
+            update={"steps_spent": self.s.steps_done, "started_at": live.started_at, "finished_at": workflow.now()}
+        )
+        trial.results.append(result)
+        self.ladder.record(trial.run_id, result.rung, result.score)
+        trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
+        self._publish_best(result)
+
+    @workflow.signal
+    def segment_finished(self, report: SegmentReport) -> None:
+        self._complete(report.segment_id, report.result)
+
+    @workflow.signal
+    def run_finished(self, report: RunReport) -> None:
+        if report.workflow_id not in self.live:
+            return
+        if report.result is None:
+            self._complete(report.workflow_id, error=report.error or "the run failed")
+            return
+        try:
+            self._complete(report.workflow_id, self._rung_result(report.workflow_id, report.result))
+        except ValueError as exc:
+            self._complete(report.workflow_id, error=str(exc))
+
+    async def _cancel_live_children(self) -> None:
+        """The children were started to outlive an execution (ABANDON): a cancelled sweep cancels them itself, and
+        each stops its own Ray jobs."""
+        if self.s.spec.trainer != "real":
+            return
+        for segment_id in list(self.live):
+            try:
+                await workflow.get_external_workflow_handle(segment_id).cancel()
+            except Exception as exc:  # already closed
+                workflow.logger.info("child %s not cancelled: %s", segment_id, exc)
 
     def _rank(self, result: RungResult) -> tuple[int, float]:
         return result.rung, result.score if self.s.spec.mode == "max" else -result.score
@@ -218,26 +318,37 @@ class SweepWorkflow:
             ]
         )
 
-    async def _train(self, seg: TrialSegment, trial: Trial) -> RungResult:
-        result = await workflow.execute_child_workflow(
-            CheckpointedTrainingWorkflow.run,
-            TrainingRequest(
-                run_id=trial.run_id,
-                config=seg.config,
-                options=seg.options,
-                resume_from=trial.latest.checkpoint if trial.latest else None,
-                stop_at_step=seg.stop_at_step,
-            ),
-            id=f"{trial.run_id}-r{trial.rung}",
-            result_type=TrainingResult,
-            **CHILD,
+    async def _train(self, seg: TrialSegment) -> TrainingResult:
+        trial = seg.trial
+        options = {**CHILD, "parent_close_policy": ParentClosePolicy.ABANDON} if self._handover else CHILD
+        request = TrainingRequest(
+            run_id=trial.run_id,
+            config=seg.config,
+            options=seg.options,
+            resume_from=trial.latest.checkpoint if trial.latest else None,
+            stop_at_step=seg.stop_at_step,
+            report_to=workflow.info().workflow_id if self._handover else None,
         )
-        self.s.gpu_hours += result.wall_time_s * seg.config.scaling.num_workers / 3600
+        return await workflow.execute_child_workflow(
+            CheckpointedTrainingWorkflow.run, request, id=seg.segment_id, result_type=TrainingResult, **options
+        )
+
+    @property
+    def _handover(self) -> bool:
+        """Children outlive this execution and report by signal (sweeps started before this recorded no marker)."""
+        return workflow.patched(LIVE_HANDOVER)
+
+    def _rung_result(self, segment_id: str, result: TrainingResult) -> RungResult:
+        live = self.live[segment_id]
+        self.s.gpu_hours += result.wall_time_s * self._workers(live) / 3600
         metric = self.s.spec.metric
         if metric not in result.metrics:
-            raise ApplicationError(f"metric {metric!r} not reported (have {sorted(result.metrics)})")
+            raise ValueError(f"metric {metric!r} not reported (have {sorted(result.metrics)})")
         ckpt = result.final_checkpoint
-        return RungResult(rung=trial.rung, steps=ckpt.step, score=result.metrics[metric], checkpoint=ckpt)
+        return RungResult(rung=live.rung, steps=ckpt.step, score=result.metrics[metric], checkpoint=ckpt)
+
+    def _workers(self, live: LiveSegment) -> int:
+        return self._segment(self.by_run_id[live.run_id]).config.scaling.num_workers
 
     async def _finalize(self) -> None:
         """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results. Both are side

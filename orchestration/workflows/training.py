@@ -21,7 +21,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.attempts import after_failure
-    from orchestration.errors import INVALID_INPUT
+    from orchestration.errors import INVALID_INPUT, root_message
     from orchestration.ledger import mark_deleted, newest, record
     from orchestration.types import (
         AttemptFailure,
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         Progress,
         RetryState,
         RunCarry,
+        RunReport,
         RunState,
         RunStatus,
         SnapshotRequest,
@@ -88,10 +89,28 @@ class CheckpointedTrainingWorkflow:
         except (ActivityError, ApplicationError, asyncio.CancelledError) as exc:
             self.state = "cancelled" if is_cancelled_exception(exc) else "failed"
             await self._stop_jobs()
+            await self._report(RunReport(workflow_id=workflow.info().workflow_id, error=root_message(exc)))
             raise
         record(self.checkpoints, attempt.final_checkpoint)
         self.state = "completed"
         await workflow.wait_condition(workflow.all_handlers_finished)
+        result = self._result(attempt)
+        await self._report(RunReport(workflow_id=workflow.info().workflow_id, result=result))
+        return result
+
+    async def _report(self, report: RunReport) -> None:
+        """Tell `report_to` (a sweep, which may have continued as new since it started this run) how the run ended.
+        A closed sweep has nobody to tell: the run ends as it would have."""
+        if self.req.report_to is None:
+            return
+        try:
+            await workflow.get_external_workflow_handle(self.req.report_to).signal("run_finished", report)
+        except Exception as exc:  # the signal cannot be delivered: the report is a courtesy, not the run's outcome
+            workflow.logger.warning("could not report to %s: %s", self.req.report_to, exc)
+
+    def _result(self, attempt: TrainAttemptResult) -> TrainingResult:
+        assert self.snapshot is not None
+        req = self.req
         return TrainingResult(
             run_id=req.run_id,
             snapshot_id=self.snapshot.snapshot_id,
