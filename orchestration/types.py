@@ -59,7 +59,7 @@ class RunOptions(Model):
     cluster_wait_s: float = Field(
         default=3600.0, ge=0.0, description="how long an attempt waits out an unreachable Ray Jobs API or Temporal"
     )
-    history_limit: int = Field(default=10_000, ge=50, description="events before the run continues as new")
+    history_limit: int = Field(default=10_000, ge=20, description="events before the run continues as new")
 
 
 class TrainingRequest(Model):

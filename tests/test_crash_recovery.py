@@ -6,7 +6,8 @@ and we assert what survived.
   worker is alive still has its Ray job stopped, once a worker is back;
 - the Ray job is stopped mid-run: the retry resumes from the newest checkpoint, and ends bit-for-bit where an
   uninterrupted run ends (exact resume: model, optimizer, scheduler, RNG and data position all restored);
-- the Ray train worker hangs (SIGSTOP): the progress watchdog stops the job and the retry resumes;
+- a job's Train worker hangs (SIGSTOP): the progress watchdog stops the job and the retry resumes (these two and
+  the uninterrupted twin run side by side: each fault touches its own job only);
 - the machine "reboots": the Temporal server and the Ray head's whole process group are SIGKILLed, then started
   again (`ttrain up` does the same): the workflow carries on from its database, the run from its ledger.
 """
@@ -17,10 +18,10 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.util.state import list_actors
 from safetensors.torch import load_file
 from temporalio.client import WorkflowExecutionStatus
 
@@ -73,8 +74,8 @@ def test_training_worker_stopped_then_killed_reattaches_and_a_cancel_meanwhile_s
 
     async def go():
         client = await connect(stack)
-        long = await start_training(client, stack, "it-worker-loss", crash_config(300), heartbeat_timeout_s=5)
-        doomed = await start_training(client, stack, "it-cancel-orphan", crash_config(300), heartbeat_timeout_s=5)
+        long = await start_training(client, stack, "it-worker-loss", crash_config(150), heartbeat_timeout_s=5)
+        doomed = await start_training(client, stack, "it-cancel-orphan", crash_config(150), heartbeat_timeout_s=5)
         first = await first_checkpoint(long)
         doomed_job = (await first_checkpoint(doomed)).ray_job_id
 
@@ -109,33 +110,66 @@ def test_training_worker_stopped_then_killed_reattaches_and_a_cancel_meanwhile_s
 
     result, status, after_sigterm, orphan_window, doomed_closed, doomed_job = run(go())
     assert after_sigterm == JobStatus.RUNNING, "the graceful shutdown stopped the Ray job"
-    assert result.steps == 300 and len(status.attempts) == 3
+    assert result.steps == 150 and len(status.attempts) == 3
     assert all(a.reattached and a.ray_job_id == status.attempts[0].ray_job_id for a in status.attempts[1:])
     assert sum(a.steps_recomputed for a in status.attempts) == 0
-    assert_continuous_ledger(status, 300)
+    assert_continuous_ledger(status, 150)
     assert orphan_window == JobStatus.RUNNING  # the cancel waited for a worker instead of leaving the job behind
     assert doomed_closed == WorkflowExecutionStatus.CANCELED and doomed_job == JobStatus.STOPPED
 
 
-def test_ray_job_stopped_resumes_from_checkpoint_and_matches_uninterrupted_run(stack):
-    jobs = JobSubmissionClient(stack.ray_dashboard_url)
+def train_worker_pids(stack, ray_job_id: str) -> list[int]:
+    """The processes of one Ray job's Train workers (so a fault hits that job and no other on the cluster)."""
+    job = JobSubmissionClient(stack.ray_dashboard_url).get_job_info(ray_job_id).job_id
+    actors = list_actors(
+        address=stack.ray_dashboard_url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    )
+    return [a.pid for a in actors if a.job_id == job]
 
-    async def interrupted() -> tuple[TrainingResult, RunStatus]:
-        client = await connect(stack)
-        handle = await start_training(client, stack, "it-exact-interrupted", crash_config())
-        status = await first_checkpoint(handle)
-        jobs.stop_job(status.ray_job_id)
+
+async def stopped_job(stack) -> tuple[TrainingResult, RunStatus]:
+    client = await connect(stack)
+    handle = await start_training(client, stack, "it-exact-interrupted", crash_config())
+    status = await first_checkpoint(handle)
+    JobSubmissionClient(stack.ray_dashboard_url).stop_job(status.ray_job_id)
+    result = await handle.result()
+    return result, await status_of(handle)
+
+
+async def uninterrupted(stack) -> TrainingResult:
+    client = await connect(stack)
+    return await (await start_training(client, stack, "it-exact-reference", crash_config())).result()
+
+
+async def hung_worker(stack) -> tuple[TrainingResult, RunStatus]:
+    client = await connect(stack)
+    handle = await start_training(client, stack, "it-hung", crash_config(), stall_timeout_s=20)
+    status = await first_checkpoint(handle)
+    pids = await wait_until(lambda: train_worker_pids(stack, status.ray_job_id), 30, "the job's Train worker")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # alive to every health check, but no step ever advances
+    try:
         result = await handle.result()
-        return result, await status_of(handle)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return result, await status_of(handle)
 
-    async def uninterrupted() -> TrainingResult:
-        client = await connect(stack)
-        return await (await start_training(client, stack, "it-exact-reference", crash_config())).result()
 
-    async def both():
-        return await asyncio.gather(interrupted(), uninterrupted())
+@pytest.fixture(scope="module")
+def side_by_side(stack) -> dict:
+    """A stopped job, its uninterrupted twin and a hung job, at once: each fault touches its own job only."""
 
-    (resumed, status), reference = run(both())
+    async def all_three():
+        stopped, reference, hung = await asyncio.gather(stopped_job(stack), uninterrupted(stack), hung_worker(stack))
+        return {"stopped": stopped, "reference": reference, "hung": hung}
+
+    return run(all_three())
+
+
+def test_ray_job_stopped_resumes_from_checkpoint_and_matches_uninterrupted_run(side_by_side):
+    (resumed, status), reference = side_by_side["stopped"], side_by_side["reference"]
     assert resumed.resumes >= 1
     retry = status.attempts[1]
     assert not retry.reattached
@@ -152,30 +186,12 @@ def test_ray_job_stopped_resumes_from_checkpoint_and_matches_uninterrupted_run(s
     assert worst <= 1e-6, f"weights differ by {worst}"
 
 
-def test_hung_ray_worker_is_caught_by_the_progress_watchdog(stack):
-    async def go() -> tuple[TrainingResult, RunStatus]:
-        client = await connect(stack)
-        handle = await start_training(client, stack, "it-hung", crash_config(), stall_timeout_s=20)
-        await first_checkpoint(handle)
-        pids = [
-            int(p)
-            for p in subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
-        ]
-        assert pids, "no Ray Train worker process found"
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)  # alive to every health check, but no step ever advances
-        try:
-            result = await handle.result()
-        finally:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        return result, await status_of(handle)
-
-    result, status = run(go())
+def test_hung_ray_worker_is_caught_by_the_progress_watchdog(side_by_side):
+    result, status = side_by_side["hung"]
     assert result.steps == STEPS
     assert result.resumes >= 1
-    assert status.attempts[1].resumed_from_step >= EVERY
+    assert status.attempts[-1].resumed_from_step >= EVERY
+    assert "no progress past step" in (status.last_failure or "")
     assert_continuous_ledger(status)
 
 

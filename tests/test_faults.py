@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -59,12 +58,16 @@ async def run_status(stack, run_id: str) -> RunStatus:
 
 
 async def diverged_run(stack) -> dict:
-    t0 = time.monotonic()
+    """The verdict's latency is measured from the moment the Ray job ended (its guard saw the NaN within 10 steps) to
+    the workflow's close: that is what a retry storm or a hang would stretch, while start-up on 2 shared cores varies."""
     out = await cli(
         "train", "--run-id", "it-nan", *TINY_SETS,
         *("--set", "lr=1.0", "--set", "weight_decay=100", "--set", "warmup_ratio=0", "--set", "max_steps=40"),
     )  # fmt: skip
-    return {"out": out, "elapsed": time.monotonic() - t0, "status": await run_status(stack, "it-nan")}
+    status = await run_status(stack, "it-nan")
+    closed = (await (await connect(stack)).get_workflow_handle("it-nan").describe()).close_time
+    job = JobSubmissionClient(stack.ray_address).get_job_info(status.attempts[-1].ray_job_id)
+    return {"out": out, "status": status, "verdict_s": closed.timestamp() - job.end_time / 1000}
 
 
 async def reused_run_id(stack) -> dict:
@@ -113,9 +116,9 @@ async def failed_write(stack) -> RunStatus:
 
 
 async def long_run(stack) -> dict:
-    config = tiny_config(dataset={"max_rows": 300}, max_steps=60, checkpoint_every_steps=3, keep_last=4)
+    config = tiny_config(dataset={"max_rows": 300}, max_steps=30, checkpoint_every_steps=3, keep_last=4)
     client = await connect(stack)
-    handle = await start_training(client, stack, "it-long", config, history_limit=50)
+    handle = await start_training(client, stack, "it-long", config, history_limit=25)
     result = await handle.result()
     return {
         "result": result,
@@ -185,7 +188,7 @@ def test_a_diverged_run_fails_at_once_naming_the_step(stack, confined):
     assert status.state == "failed" and len(status.attempts) == 1, "a diverged run must not be retried"
     assert all(c.step < step for c in status.checkpoints), "a checkpoint at or after the NaN was committed"
     assert not live_jobs(stack, "it-nan")
-    assert got["elapsed"] < 180, f"took {got['elapsed']:.0f}s to fail"  # start-up (shared cores), a few steps, verdict
+    assert got["verdict_s"] < 60, f"the run failed {got['verdict_s']:.0f}s after its job ended"
 
 
 def test_a_reused_run_id_attaches_refuses_replaces_and_reports(confined):
@@ -218,19 +221,19 @@ def test_a_checkpoint_write_that_fails_once_costs_one_interval(confined):
 def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_true(confined):
     got = outcome(confined, "long")
     status = got["status"]
-    assert got["result"].steps == 60
+    assert got["result"].steps == 30
     assert status.generation >= 1, "the run never continued as new"
     assert {a.ray_job_id for a in status.attempts} == {status.attempts[0].ray_job_id}, "a new job was submitted"
     assert all(a.reattached for a in status.attempts[1:]) and sum(a.steps_recomputed for a in status.attempts) == 0
     steps = [c.step for c in status.checkpoints]
     assert steps == sorted(set(steps)) and all(step % 3 == 0 for step in steps)
-    assert len(steps) + status.earlier_deleted_checkpoints == 20
+    assert len(steps) + status.earlier_deleted_checkpoints == 10
     present = [c for c in status.checkpoints if not c.deleted]
-    assert [c.step for c in present] == [51, 54, 57, 60]  # keep_last 4, across the handovers
+    assert [c.step for c in present] == [21, 24, 27, 30]  # keep_last 4, across the handovers
     assert all(Path(c.uri).exists() for c in present)
     assert not any(Path(c.uri).exists() for c in status.checkpoints if c.deleted), "the ledger lists a deleted one"
-    assert got["result"].checkpoints == 20  # every checkpoint reached the ledger, however soon it was pruned
-    assert_one_line_error(got["eval"], 1, "step 6", "available steps: [51, 54, 57, 60]")
+    assert got["result"].checkpoints == 10  # every checkpoint reached the ledger, however soon it was pruned
+    assert_one_line_error(got["eval"], 1, "step 6", "available steps: [21, 24, 27, 30]")
     assert "earlier checkpoints deleted by keep_last" in got["shown"].stdout
 
 

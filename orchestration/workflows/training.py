@@ -12,7 +12,7 @@ at a checkpoint a minute stays within Temporal's history limits.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -69,7 +69,7 @@ class CheckpointedTrainingWorkflow:
         self.started_at = carried.started_at if carried else workflow.now()
         self.start_step = req.resume_from.step if req.resume_from else 0
         self.last_progress: Progress | None = None
-        self.retry_at = None
+        self.retry_at: datetime | None = None
 
     @workflow.run
     async def run(self, req: TrainingRequest) -> TrainingResult:
@@ -110,9 +110,8 @@ class CheckpointedTrainingWorkflow:
 
     def _result(self, attempt: TrainAttemptResult) -> TrainingResult:
         assert self.snapshot is not None
-        req = self.req
         return TrainingResult(
-            run_id=req.run_id,
+            run_id=self.req.run_id,
             snapshot_id=self.snapshot.snapshot_id,
             steps=attempt.total_steps,
             final_checkpoint=attempt.final_checkpoint,
