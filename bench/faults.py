@@ -227,9 +227,12 @@ async def inject(fault: str, s: Settings, first: RunStatus, outage_s: float) -> 
         finally:
             os.kill(pid, signal.SIGCONT)
     elif fault == "write-fails-once":
-        every = int(first.latest_checkpoint.metrics.get("step", 10)) if first.latest_checkpoint else 10
-        run_uri = os.path.join(s.storage_uri, "runs", first.run_id)
-        Path(job_dir(run_uri, first.ray_job_id), f"step_{2 * every:08d}").write_text("blocks the upload")
+        # two intervals ahead of the committed step (every work checkpoints each 10 or 5 steps)
+        blocker = Path(job_dir(os.path.join(s.storage_uri, "runs", first.run_id), first.ray_job_id))
+        blocker /= f"step_{first.step + 10:08d}"
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        if not blocker.exists():
+            blocker.write_text("blocks the upload")
 
 
 async def cell(s: Settings, work: str, fault: str | None, index: int, outage_s: float) -> Cell:

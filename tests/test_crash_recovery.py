@@ -75,7 +75,8 @@ def test_training_worker_stopped_then_killed_reattaches_and_a_cancel_meanwhile_s
     async def go():
         client = await connect(stack)
         long = await start_training(client, stack, "it-worker-loss", crash_config(150), heartbeat_timeout_s=5)
-        doomed = await start_training(client, stack, "it-cancel-orphan", crash_config(150), heartbeat_timeout_s=5)
+        # long enough that only the cancel can end its job (it trains on, unattended, until a worker is back)
+        doomed = await start_training(client, stack, "it-cancel-orphan", crash_config(1000), heartbeat_timeout_s=5)
         first = await first_checkpoint(long)
         doomed_job = (await first_checkpoint(doomed)).ray_job_id
 

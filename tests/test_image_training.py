@@ -87,12 +87,12 @@ def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
         submit(stack, "it-ddp-2w", two_workers),
         submit(stack, "it-ddp-split", two_workers, stop_at_step=3),
     ]
-    for job_id in jobs:
-        wait_for(stack, job_id)
+    wait_for(stack, jobs[2])  # the split run's second half starts while the others still train
     one, two, split = (job_uri(stack, job_id) for job_id in jobs)
     resume = {"resume_from_uri": storage.join(split, "step_00000003"), "resume_from_step": 3}
     resumed_job = submit(stack, "it-ddp-split", two_workers, part=1, **resume)
-    wait_for(stack, resumed_job)
+    for job_id in [*jobs[:2], resumed_job]:
+        wait_for(stack, job_id)
     split = job_uri(stack, resumed_job)  # a new job writes its own directory: steps 4.. only
     a, b = checkpoint_states(one), checkpoint_states(two)
     assert [s["step"] for s in a] == [s["step"] for s in b] == list(range(1, STEPS + 1))
