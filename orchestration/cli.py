@@ -25,7 +25,7 @@ from orchestration.experiments import load_experiments
 from orchestration.launch import Launched, launch
 from orchestration.ledger import newest
 from orchestration.settings import Settings
-from orchestration.sweeps.models import LIVE_SWEEP_SETTINGS, SweepLeaderboard, SweepSpec, SweepState
+from orchestration.sweeps.models import LIVE_SWEEP_SETTINGS, BoardPage, SweepLeaderboard, SweepSpec, SweepState
 from orchestration.types import (
     CoordinatorResult,
     EvaluationRequest,
@@ -84,10 +84,14 @@ async def live_progress(client: Client, handle: WorkflowHandle) -> Progress | No
     return None
 
 
-async def query(client: Client, workflow_id: str, query_fn, what: str):
+TABLE_TOP = 20  # rows of the leaderboard table unless --top says otherwise
+PAGE = 1_000  # trials per leaderboard query: every answer stays far below Temporal's payload limit
+
+
+async def query(client: Client, workflow_id: str, query_fn, what: str, *args):
     """A workflow's query answer, or one line saying why there is none (unknown id, no worker)."""
     try:
-        return await client.get_workflow_handle(workflow_id).query(query_fn)
+        return await client.get_workflow_handle(workflow_id).query(query_fn, *args)
     except RPCError as exc:
         raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
 
@@ -447,12 +451,12 @@ async def cmd_sweep(args, settings: Settings) -> int:
         return 0
 
     async def line() -> str:
-        board = await client.get_workflow_handle(spec.id).query(SweepWorkflow.leaderboard)
+        board = await client.get_workflow_handle(spec.id).query(SweepWorkflow.leaderboard, BoardPage(limit=0))
         best = f"{board.best.latest.score:.4f} ({board.best.run_id})" if board.best else "-"
         return f"trials {board.trials_started}/{board.trials_total}  steps {board.steps_used}  best {best}"
 
     await wait_reporting(handle, line, f"sweep {spec.id}")
-    print_leaderboard(await query(client, spec.id, SweepWorkflow.leaderboard, "sweep"), as_json=False)
+    print_leaderboard(await leaderboard(client, spec.id, TABLE_TOP), as_json=False)
     return 0
 
 
@@ -490,9 +494,24 @@ async def cmd_sweep_ctl(args, settings: Settings) -> int:
     return 0
 
 
+async def leaderboard(client: Client, sweep_id: str, top: int | None) -> SweepLeaderboard:
+    """The `top` best trials (all when None), fetched a page at a time."""
+    board = await query(client, sweep_id, SweepWorkflow.leaderboard, "sweep", BoardPage(limit=min(top or PAGE, PAGE)))
+    wanted = board.trials_started if top is None else min(top, board.trials_started)
+    while len(board.trials) < wanted:
+        page = BoardPage(offset=len(board.trials), limit=min(PAGE, wanted - len(board.trials)))
+        more = await query(client, sweep_id, SweepWorkflow.leaderboard, "sweep", page)
+        if not more.trials:  # the sweep's trials were counted in an earlier execution's answer
+            break
+        board.trials += more.trials
+    return board
+
+
 async def cmd_leaderboard(args, settings: Settings) -> int:
-    board = await query(await _client(settings), args.sweep_id, SweepWorkflow.leaderboard, "sweep")
-    print_leaderboard(board, as_json=args.json)
+    if args.top is not None and args.top < 1:
+        raise CliError(f"--top must be at least 1 (got {args.top})")
+    top = args.top if args.top is not None or args.json else TABLE_TOP
+    print_leaderboard(await leaderboard(await _client(settings), args.sweep_id, top), as_json=args.json)
     return 0
 
 
@@ -521,6 +540,8 @@ def print_leaderboard(board: SweepLeaderboard, as_json: bool) -> None:
             params,
         )
     Console(width=200).print(out)
+    if len(board.trials) < board.trials_started:
+        print(f"{board.trials_started - len(board.trials)} more trials: --top N, or --json for all")
 
 
 async def cmd_doctor(args, settings: Settings) -> int:
@@ -635,7 +656,8 @@ def parser() -> argparse.ArgumentParser:
     )
     lb = sub.add_parser("leaderboard", help="a sweep's trials, best first (live)")
     lb.add_argument("sweep_id")
-    lb.add_argument("--json", action="store_true")
+    lb.add_argument("--top", type=int, metavar="N", help=f"the N best trials (table default {TABLE_TOP}, JSON: all)")
+    lb.add_argument("--json", action="store_true", help="the whole leaderboard as JSON (fetched a page at a time)")
     sub.add_parser("doctor", help="check the Temporal and Ray endpoints, workers, storage and GPUs")
     cifar_cli().add_parser(sub)
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")

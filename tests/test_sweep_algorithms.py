@@ -117,3 +117,23 @@ def test_gc_keeps_the_best_and_everything_that_may_still_be_promoted():
         trial(4, 1, "waiting", 2),
     ]
     assert gc_candidates(trials, top_rung=2, best=best) == ["t1", "t3"]
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_tpe_proposal_carries_a_bounded_history_with_the_best_and_the_newest(mode):
+    from orchestration.sweeps.models import TPE_GOOD, RungResult, Trial, tpe_history
+
+    rng = random.Random(0)
+    trials = [
+        Trial(index=i, run_id=f"t{i}", params={"i": i}, results=[RungResult(rung=0, steps=10, score=rng.random())])
+        for i in range(3_000)
+    ] + [Trial(index=3_000, run_id="t3000", params={"i": 3_000})]  # no result yet: not history
+    assert len(tpe_history(trials[:900], mode, limit=1_000)) == 900  # under the bound: everything, unchanged
+    kept = tpe_history(trials, mode, limit=1_000)
+    assert len(kept) == 1_000
+    indices = [params["i"] for params, _ in kept]
+    assert indices == sorted(indices)  # trial order
+    ranked = sorted(trials[:3_000], key=lambda t: t.results[0].score, reverse=mode == "max")
+    assert {t.index for t in ranked[:TPE_GOOD]} <= set(indices)  # the good set TPE builds is all there
+    assert set(range(2_100, 3_000)) <= set(indices)  # then the newest
+    assert len(tpe_history(trials, mode, limit=TPE_GOOD)) == TPE_GOOD

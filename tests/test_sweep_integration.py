@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
-from tests.helpers import run, tiny_config, wait_until
+from tests.helpers import assert_one_line_error, run, tiny_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -126,6 +127,10 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
     assert b["best"]["results"][-1]["steps"] == 90
     scores = [t["results"][-1]["score"] for t in b["trials"]]
     assert scores == sorted(scores, reverse=True)  # best first
+    top = ttrain("leaderboard", "it-cli-sweep", "--top", "3")
+    assert top.returncode == 0 and "7 more trials" in top.stdout, top.stdout
+    assert re.findall(r"it-cli-sweep-t\d{4}", top.stdout) == [t["run_id"] for t in b["trials"][:3]]
+    assert_one_line_error(ttrain("leaderboard", "it-cli-sweep", "--top", "0"), 1, "--top must be at least 1")
     long_file = tmp_path / "long.yaml"
     long_file.write_text(
         sweep_file.read_text()

@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from orchestration.activities.sweeps import SWEEP_ACTIVITIES, propose
-from orchestration.sweeps.models import BEST_SCORE, SEARCH_ATTRIBUTES, SweepSpec, SweepState, TpeRequest
+from orchestration.sweeps.models import BEST_SCORE, SEARCH_ATTRIBUTES, BoardPage, SweepSpec, SweepState, TpeRequest
 from orchestration.sweeps.space import SearchSpace
 from orchestration.sweeps.usage import slot_usage
 from orchestration.types import RunOptions
@@ -185,6 +185,10 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
             extended = await handle.result()
             assert len(extended.trials) == 18
             assert [t.results[0] for t in extended.trials[:12]] == [t.results[0] for t in first.trials]
+            whole = await handle.query(SweepWorkflow.leaderboard)
+            page = await handle.query(SweepWorkflow.leaderboard, BoardPage(offset=5, limit=4))
+            assert len(whole.trials) == 18 and page.trials == whole.trials[5:9] and page.offset == 5
+            assert (await handle.query(SweepWorkflow.leaderboard, BoardPage(limit=0))).best == whole.best
 
             stopped = SweepState(spec=spec(id="ctl-stop", trials=50), options=state.options, paused=True)
             handle = await env.client.start_workflow(SweepWorkflow.run, stopped, id="ctl-stop", task_queue="ctl")

@@ -146,6 +146,13 @@ class SweepState(_Model):
     live: list[LiveSegment] = Field(default_factory=list, description="segments running across continue-as-new")
 
 
+class BoardPage(_Model):
+    """Which ranked trials a leaderboard query returns: a sweep of 100,000 trials does not fit one answer."""
+
+    offset: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=0, description="at most this many trials; None: all from offset")
+
+
 class SweepLeaderboard(_Model):
     sweep_id: str
     strategy: str
@@ -157,7 +164,8 @@ class SweepLeaderboard(_Model):
     paused: bool
     stopping: bool
     best: Trial | None
-    trials: list[Trial]
+    trials: list[Trial] = Field(description="the page asked for, ranked: rung reached, then score; unscored last")
+    offset: int = 0
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -188,6 +196,25 @@ class PlotRequest(_Model):
 
 class GcRequest(_Model):
     run_uris: list[str]
+
+
+# Results a TPE proposal carries at most: its cost stays flat however long the sweep. Optuna's TPE splits the
+# history into a "good" set of at most 25 (gamma) and the rest, weighting older trials down: the 25 best and the
+# newest others keep what it looks at.
+TPE_HISTORY = 1_000
+TPE_GOOD = 25
+
+
+def tpe_history(trials: list[Trial], mode: str, limit: int = TPE_HISTORY) -> list[tuple[dict, float]]:
+    """(params, rung-0 score) of the trials a proposal learns from, in trial order: all of them up to `limit`."""
+    scored = [(t.params, t.results[0].score) for t in trials if t.results]
+    if len(scored) <= limit:
+        return scored
+    sign = -1.0 if mode == "max" else 1.0
+    keep = set(sorted(range(len(scored)), key=lambda i: sign * scored[i][1])[:TPE_GOOD])
+    newest = (i for i in range(len(scored) - 1, -1, -1) if i not in keep)
+    keep.update(next(newest) for _ in range(limit - len(keep)))
+    return [scored[i] for i in sorted(keep)]
 
 
 def gc_candidates(trials: list[Trial], top_rung: int, best: Trial | None) -> list[str]:

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         BEST_SCORE,
         SEARCH_ATTRIBUTES,
         TRIALS,
+        BoardPage,
         GcRequest,
         LiveSegment,
         PlotRequest,
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         Trial,
         TrialSegment,
         gc_candidates,
+        tpe_history,
     )
     from orchestration.sweeps.space import apply
     from orchestration.types import RunReport, TrainingRequest, TrainingResult
@@ -202,7 +204,7 @@ class SweepWorkflow:
         note = None
         seeded = random.Random(spec.seed * 1_000_003 + index)
         if spec.strategy == "tpe":
-            history = [(t.params, t.results[0].score) for t in self.s.trials if t.results]  # one budget: rung 0
+            history = tpe_history(self.s.trials, spec.mode)  # one budget: rung 0; bounded
             try:
                 params = await workflow.execute_activity(
                     "propose_tpe",
@@ -353,7 +355,7 @@ class SweepWorkflow:
     async def _finalize(self) -> None:
         """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results. Both are side
         jobs: retried, and if they still fail the sweep reports it in its warnings and ends as it would have."""
-        best = self.leaderboard().best
+        best = self.leaderboard(BoardPage(limit=0)).best
         sweep_uri = storage.join(self.s.options.storage_uri, "sweeps", self.s.spec.id)
         if self.s.spec.trainer == "real":
             losers = [
@@ -443,10 +445,14 @@ class SweepWorkflow:
         return self.s
 
     @workflow.query
-    def leaderboard(self) -> SweepLeaderboard:
+    def leaderboard(self, page: BoardPage | None = None) -> SweepLeaderboard:
+        """Ranked trials, one page of them when asked (`ttrain leaderboard --top N`, or `--json` page by page)."""
+        page = page or BoardPage()
         sign = -1.0 if self.s.spec.mode == "max" else 1.0
         scored = [t for t in self.s.trials if t.results]
         ranked = sorted(scored, key=lambda t: (-t.latest.rung, sign * t.latest.score, t.index))
+        everyone = ranked + [t for t in self.s.trials if not t.results]
+        end = None if page.limit is None else page.offset + page.limit
         return SweepLeaderboard(
             sweep_id=self.s.spec.id,
             strategy=self.s.spec.strategy,
@@ -458,6 +464,7 @@ class SweepWorkflow:
             paused=self.s.paused,
             stopping=self.s.stopping,
             best=ranked[0] if ranked else None,
-            trials=ranked + [t for t in self.s.trials if not t.results],
+            trials=everyone[page.offset : end],
+            offset=page.offset,
             warnings=self.s.warnings,
         )
