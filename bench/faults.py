@@ -45,6 +45,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 
 from cluster import local_stack
 from orchestration.client import connect
+from orchestration.errors import root_message
 from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
 from orchestration.sweeps.models import SweepSpec, SweepState
@@ -250,10 +251,7 @@ async def cell(s: Settings, work: str, fault: str | None, index: int, outage_s: 
     try:
         result = await client.get_workflow_handle(handle.id).result()
     except WorkflowFailureError as exc:
-        cause = exc.cause
-        while getattr(cause, "cause", None) is not None:
-            cause = cause.cause
-        error = str(cause)
+        error = root_message(exc)  # what `ttrain` prints after "failed: "
     wall = time.monotonic() - t0
     ok, outcome = judge(work, diverged, result, error)
     runs = await trainings(client, wid)
