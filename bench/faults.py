@@ -249,7 +249,7 @@ async def cell(s: Settings, work: str, fault: str | None, index: int, outage_s: 
         client = await connect(s)  # a restarted Temporal server drops every earlier connection
     result, error = None, None
     try:
-        result = await client.get_workflow_handle(handle.id).result()
+        result = await client.get_workflow_handle(handle.id, result_type=handle.result_type).result()
     except WorkflowFailureError as exc:
         error = root_message(exc)  # what `ttrain` prints after "failed: "
     wall = time.monotonic() - t0

@@ -461,9 +461,11 @@ async def cmd_sweep(args, settings: Settings) -> int:
 
 
 async def sweep_state_to_continue(client: Client, sweep_id: str) -> SweepState:
-    """A closed sweep's whole state (its last execution, replayed to answer the query), ready to run again."""
+    """A closed sweep's whole state (its last execution, replayed to answer the query), ready to run again. Nothing
+    runs for it any more (a cancelled sweep cancelled its segments; a failed one's report to nobody): its trials that
+    were running count as failed in the new run."""
     state = await query(client, sweep_id, SweepWorkflow.state, "sweep")
-    return state.model_copy(update={"stopping": False})
+    return state.model_copy(update={"stopping": False, "live": []})
 
 
 async def cmd_sweep_ctl(args, settings: Settings) -> int:

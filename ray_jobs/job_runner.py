@@ -164,11 +164,17 @@ def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.trai
     )
 
 
+# What fails around the loop rather than in it, and may pass: a lost worker or node (Ray's errors), storage or the
+# network (OSError: a checkpoint read during an outage), the collective backend (a peer rank gone). Never "the same
+# error twice is deterministic": the activity's failure budget bounds their retries instead.
+NOT_THE_TRAINING_CODE = (RayError, OSError, dist.DistError)
+
+
 def failure_outcome(ray_job_id: str, exc: ray.train.TrainingFailedError) -> JobOutcome:
     """Classify by type: an error our code raised on purpose as deterministic wins over the others (every rank may
-    raise it); otherwise the lowest rank's. Ray's own errors (a lost worker or node) are not the training code's."""
+    raise it); otherwise the lowest rank's that the training code raised."""
     failures = [getattr(e, "_base_exc", e) for _, e in sorted((getattr(exc, "worker_failures", None) or {}).items())]
-    raised = [e for e in failures if not isinstance(e, RayError)]
+    raised = [e for e in failures if not isinstance(e, NOT_THE_TRAINING_CODE)]
     chosen = next((e for e in raised if isinstance(e, DeterministicJobError)), raised[0] if raised else None)
     if chosen is None:
         cause = getattr(exc, "controller_failure", None) or (failures[0] if failures else exc)

@@ -131,6 +131,20 @@ def test_a_lost_worker_is_not_the_training_codes_error():
     assert not out.deterministic and not out.from_training_code
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(5, "Input/output error"),  # a checkpoint read while storage is out
+        ConnectionResetError("connection reset by peer"),
+        torch.distributed.DistNetworkError("connection to rank 1 lost"),
+    ],
+)
+def test_storage_network_and_backend_errors_are_not_the_training_codes(error):
+    out = failure_outcome("job-1", WorkerGroupError("failed", {0: error}))
+    assert not out.deterministic and not out.from_training_code  # so never "the same error twice" from them
+    assert out.error_type == type(error).__name__
+
+
 def test_invalid_job_input_is_deterministic():
     assert failure_outcome("j", WorkerGroupError("x", {0: InvalidJobInput("bad")})).deterministic
 

@@ -243,6 +243,7 @@ def test_continue_as_new_keeps_trials_running_and_every_slot_busy(tmp_path):
     for t in state.trials:  # every result once, at consecutive rungs
         assert [r.rung for r in t.results] == list(range(len(t.results)))
     assert state.steps_done == sum(t.results[-1].steps for t in state.trials)  # no segment counted twice
+    assert state.live == [], "the final state lists segments that reported long ago: extending it would hang"
     usage = slot_usage(state)
     assert usage.longest_idle_s <= 1.0, f"a slot idled {usage.longest_idle_s:.2f}s (a drain?)"
     assert usage.utilization >= 0.85, usage

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio import activity
+from temporalio import activity, workflow
 from temporalio.client import WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 from orchestration.types import (
     DatasetSnapshot,
     RunOptions,
+    RunReport,
     SnapshotRequest,
     TrainAttemptInput,
     TrainAttemptResult,
@@ -138,3 +139,59 @@ def test_cancel_stops_the_runs_jobs():
     with pytest.raises(WorkflowFailureError):
         run(run_workflow(stubs, cancel_after=2.0))
     assert len(stubs.stopped) == 1 and stubs.status.state == "cancelled"
+
+
+@workflow.defn(sandboxed=False)
+class Listener:
+    """Stands in for a sweep that a run reports its end to (`report_to`)."""
+
+    def __init__(self) -> None:
+        self.report: RunReport | None = None
+
+    @workflow.run
+    async def run(self) -> RunReport:
+        await workflow.wait_condition(lambda: self.report is not None)
+        assert self.report is not None
+        return self.report
+
+    @workflow.signal
+    def run_finished(self, report: RunReport) -> None:
+        self.report = report
+
+
+class StopFails(Stubs):
+    @activity.defn(name="stop_run_jobs")
+    async def stop_run_jobs(self, run_id: str) -> list[str]:
+        raise ApplicationError("the Ray Jobs API is unreachable", non_retryable=True)
+
+
+def test_a_run_whose_jobs_cannot_be_stopped_still_reports_its_end():
+    """Otherwise a sweep that adopted it at continue-as-new waits for its report forever."""
+    diverged = ApplicationError("loss became NaN at step 7", type="Diverged", non_retryable=True)
+    stubs = StopFails([diverged])
+
+    async def go() -> tuple[RunReport, str]:
+        async with (
+            await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
+            ) as env,
+            Worker(
+                env.client,
+                task_queue="q",
+                workflows=[CheckpointedTrainingWorkflow, Listener],
+                activities=[stubs.create_snapshot, stubs.train, stubs.stop_run_jobs],
+            ),
+        ):
+            sweep = await env.client.start_workflow(Listener.run, id="sweep", task_queue="q")
+            opts = RunOptions(storage_uri="/s", training_queue="q")
+            req = TrainingRequest(run_id="r-stop", config=tiny_config(), options=opts, report_to="sweep")
+            handle = await env.client.start_workflow(
+                CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q"
+            )
+            with pytest.raises(WorkflowFailureError) as err:
+                await handle.result()
+            return await sweep.result(), err.value.cause.message
+
+    report, message = run(go())
+    assert message == "loss became NaN at step 7"  # the run fails with its own reason, not the failed stop's
+    assert report.workflow_id == "r-stop" and report.result is None and report.error == message

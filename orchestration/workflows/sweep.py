@@ -123,7 +123,7 @@ class SweepWorkflow:
             raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._finalize()
-        return self.s
+        return self.state()
 
     @property
     def running(self) -> int:
@@ -441,8 +441,9 @@ class SweepWorkflow:
 
     @workflow.query
     def state(self) -> SweepState:
-        """Everything the sweep knows: answered also after it closed, so a failed or cancelled sweep can go on."""
-        return self.s
+        """Everything the sweep knows: answered also after it closed, so a failed or cancelled sweep can go on.
+        `live` is what runs now (the carried list is only written at continue-as-new)."""
+        return self.s.model_copy(update={"live": list(self.live.values())})
 
     @workflow.query
     def leaderboard(self, page: BoardPage | None = None) -> SweepLeaderboard:
