@@ -332,6 +332,8 @@ def _env(settings: Settings) -> dict[str, str]:
         "TEMPORAL_ADDRESS": settings.temporal_address,
         "TTRAIN_RAY_ADDRESS": settings.ray_address,
         "TTRAIN_STORAGE": settings.storage_uri,
+        "TTRAIN_TRAINING_QUEUE": settings.training_queue,
+        "TTRAIN_ORCHESTRATION_QUEUE": settings.orchestration_queue,
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         **ray_auth_env(),
     }

@@ -5,12 +5,13 @@
 - the Ray Jobs API hung (its process SIGSTOPped): waited out inside the attempt, visible in `ttrain status`;
 - a checkpoint write that fails once: costs one checkpoint interval, not the run;
 - a long run: continues as new, handing its live Ray job over, with keep_last deletions in the ledger;
+- a job that commits while its worker is dead, then ends: the next attempt resumes from what it committed;
 - a diverged sweep trial fails alone; a sequence too long for the model is refused before any job.
 Worker loss (SIGTERM, SIGKILL), a cancel while no worker is alive and a machine reboot are `test_crash_recovery.py`'s.
 
-Faults confined to their own run (a NaN, a reused id, a failed write, a long run, a diverged sweep trial, a bad
-input) are delivered side by side, once, by the `confined` fixture: the cluster has room for them, and on 2 cores
-one shared wait instead of six keeps `make test` in its budget; each keeps its own test and assertions. Faults that
+Faults confined to their own run (a NaN, a reused id, a failed write, a long run, unwatched commits on the run's own
+worker, a diverged sweep trial, a bad input) are delivered side by side, once, by the `confined` fixture: on 2 cores
+one shared wait instead of seven keeps `make test` in its budget; each keeps its own test and assertions. Faults that
 hit shared processes (the Ray dashboard) run one at a time. The slow cells of the full matrix
 (every fault x every kind of work) are in `bench/faults.py`.
 """
@@ -27,12 +28,13 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from cluster import local_stack
 from orchestration.cli import start_training
 from orchestration.client import connect
 from orchestration.ray_submission import RaySubmission
 from orchestration.types import RunStatus
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
-from ray_jobs.outcome import job_dir
+from ray_jobs.outcome import job_dir, read_commits
 from tests.helpers import assert_one_line_error, run, tiny_config, ttrain, wait_until
 from tests.test_crash_recovery import EVERY, STEPS, assert_continuous_ledger, crash_config, first_checkpoint, status_of
 
@@ -115,6 +117,30 @@ async def failed_write(stack) -> RunStatus:
     return await status_of(handle)
 
 
+async def unwatched_commits(stack) -> dict:
+    """The run's training worker (its own, on its own queue) is killed; its job trains on and commits while nobody
+    watches, then ends (stopped, as a lost node ends it) before a worker is back. The next attempt must resume from
+    what was committed in the gap, not from the last checkpoint anyone saw."""
+    own = stack.model_copy(update={"home": stack.home / "gap-worker", "training_queue": "it-gap"})
+    local_stack.start_worker(own, "training")
+    try:
+        handle = await start_training(await connect(stack), own, "it-gap", crash_config(150), heartbeat_timeout_s=5)
+        first = await first_checkpoint(handle)
+        pid = local_stack.read_pid(own, "worker-training")
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: not local_stack.pid_alive(pid), 10, "the worker to die")
+        run_uri = os.path.join(stack.storage_uri, "runs", "it-gap")
+        gap = await wait_until(
+            lambda: [c.step for c in read_commits(run_uri, first.ray_job_id, first.step)], 120, "an unwatched commit"
+        )
+        await asyncio.to_thread(RaySubmission(stack.ray_address).stop, first.ray_job_id)
+        local_stack.start_worker(own, "training")
+        await handle.result()
+        return {"first": first, "gap": gap, "status": await status_of(handle)}
+    finally:
+        local_stack.stop(own, "worker-training")
+
+
 async def long_run(stack) -> dict:
     config = tiny_config(dataset={"max_rows": 300}, max_steps=30, checkpoint_every_steps=3, keep_last=4)
     client = await connect(stack)
@@ -159,6 +185,7 @@ CONFINED = {
     "reuse": reused_run_id,
     "write": failed_write,
     "long": long_run,
+    "unwatched": unwatched_commits,
     "sweep": diverged_sweep_trial,
     "too_long": too_long_input,
 }
@@ -216,6 +243,16 @@ def test_a_checkpoint_write_that_fails_once_costs_one_interval(confined):
     assert status.attempts[1].resumed_from_step == EVERY and status.attempts[1].steps_recomputed <= EVERY
     assert status.failures_without_progress == 0
     assert [c.step for c in status.checkpoints] == list(range(EVERY, STEPS + 1, EVERY))
+
+
+def test_checkpoints_committed_while_no_worker_watched_are_resumed_from(confined):
+    got = outcome(confined, "unwatched")
+    status, first = got["status"], got["first"]
+    mirrored = {c.step for c in status.checkpoints if c.ray_job_id == first.ray_job_id}
+    assert set(got["gap"]) <= mirrored, "a checkpoint committed in the worker gap never reached the ledger"
+    fresh = [a for a in status.attempts if a.ray_job_id != first.ray_job_id]
+    assert len(fresh) == 1 and fresh[0].resumed_from_step == max(mirrored) >= max(got["gap"])
+    assert_continuous_ledger(status, 150)
 
 
 def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_true(confined):

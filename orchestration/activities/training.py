@@ -140,6 +140,9 @@ class _Attempt:
         info = activity.info()
         job_id = await self._patiently(self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id)
         reattached = job_id is not None
+        if job_id is None and self.inp.reattach_job_id is not None:
+            # the last job ended while nobody watched (a worker gap): what it committed meanwhile is the run's newest
+            await self._mirror_checkpoints(self.inp.reattach_job_id)
         if job_id is None:
             # unique per workflow execution and activity, and still led by the run id: a rerun of the same run id,
             # or the next rung of a sweep trial, never mistakes an old job for its own
