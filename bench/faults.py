@@ -49,7 +49,15 @@ from orchestration.errors import root_message
 from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
 from orchestration.sweeps.models import SweepSpec, SweepState
-from orchestration.types import CoordinatorRequest, Experiment, RunOptions, RunStatus, TrainingRequest
+from orchestration.types import (
+    CoordinatorRequest,
+    CoordinatorResult,
+    Experiment,
+    RunOptions,
+    RunStatus,
+    TrainingRequest,
+    TrainingResult,
+)
 from orchestration.workflows.coordinator import CoordinatorWorkflow
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
@@ -66,6 +74,7 @@ FAULTS = [
     "write-fails-once",
     "diverged",
 ]
+RESULT_TYPES = {"run": TrainingResult, "image": TrainingResult, "experiments": CoordinatorResult, "sweep": SweepState}
 DIVERGE = {"lr": 1.0, "weight_decay": 100.0, "warmup_ratio": 0.0}  # AdamW's decay outgrows the weights: NaN by ~step 5
 
 
@@ -249,7 +258,7 @@ async def cell(s: Settings, work: str, fault: str | None, index: int, outage_s: 
         client = await connect(s)  # a restarted Temporal server drops every earlier connection
     result, error = None, None
     try:
-        result = await client.get_workflow_handle(handle.id, result_type=handle.result_type).result()
+        result = await client.get_workflow_handle(handle.id, result_type=RESULT_TYPES[work]).result()
     except WorkflowFailureError as exc:
         error = root_message(exc)  # what `ttrain` prints after "failed: "
     wall = time.monotonic() - t0
