@@ -334,6 +334,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "TTRAIN_STORAGE": settings.storage_uri,
         "TTRAIN_TRAINING_QUEUE": settings.training_queue,
         "TTRAIN_ORCHESTRATION_QUEUE": settings.orchestration_queue,
+        "TTRAIN_MAX_CONCURRENT_TRAININGS": str(settings.max_concurrent_trainings),
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         **ray_auth_env(),
     }

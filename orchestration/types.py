@@ -42,6 +42,11 @@ class DatasetSnapshot(Model):
     reused: bool
 
 
+def control_queue(training_queue: str) -> str:
+    """Where training workers serve quick calls (stopping a run's jobs) on slots that no training can take."""
+    return f"{training_queue}-control"
+
+
 class RunOptions(Model):
     """How the run is driven, not what it trains: timeouts, retries, where checkpoints live, which queue trains."""
 

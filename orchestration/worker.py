@@ -7,6 +7,7 @@ run anywhere. Both use the pydantic data converter through `orchestration.client
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Literal
@@ -16,6 +17,7 @@ from temporalio.worker import Worker
 
 from orchestration.client import connect
 from orchestration.settings import Settings
+from orchestration.types import control_queue
 from orchestration.workflows.coordinator import CoordinatorWorkflow
 from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
 from orchestration.workflows.scaleup import ScaleUpWorkflow
@@ -34,30 +36,42 @@ WORKFLOWS = [
 ]
 
 
-def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
+CONTROL_SLOTS = 8  # concurrent job stops a training worker serves beside its trainings
+
+
+def build_workers(client: Client, queue: Queue, settings: Settings) -> list[Worker]:
     if queue == "training":
         from orchestration.activities.scaleup import ClusterActivities
         from orchestration.activities.snapshot import create_snapshot
         from orchestration.activities.training import TrainingActivities
 
         training = TrainingActivities(settings)
-        return Worker(
-            client,
-            task_queue=settings.training_queue,
-            activities=[
-                create_snapshot,
-                training.train,
-                training.stop_run_jobs,
-                ClusterActivities(settings).cluster_capacity,
-            ],
-            max_concurrent_activities=settings.max_concurrent_trainings,
-        )
+        return [
+            Worker(
+                client,
+                task_queue=settings.training_queue,
+                activities=[
+                    create_snapshot,
+                    training.train,
+                    training.stop_run_jobs,  # where runs that started before the control queue schedule it
+                    ClusterActivities(settings).cluster_capacity,
+                ],
+                max_concurrent_activities=settings.max_concurrent_trainings,
+            ),
+            # a cancelled run's jobs are stopped at once, not after a days-long training frees a slot
+            Worker(
+                client,
+                task_queue=control_queue(settings.training_queue),
+                activities=[training.stop_run_jobs],
+                max_concurrent_activities=CONTROL_SLOTS,
+            ),
+        ]
     from orchestration.activities.inference import evaluate, predict, resolve_run
     from orchestration.activities.run_cache import lookup_run, remember_run
     from orchestration.activities.scaleup import plot_scaleup
     from orchestration.activities.sweeps import SWEEP_ACTIVITIES
 
-    return Worker(
+    orchestration = Worker(
         client,
         task_queue=settings.orchestration_queue,
         workflows=WORKFLOWS,
@@ -71,6 +85,7 @@ def build_worker(client: Client, queue: Queue, settings: Settings) -> Worker:
             *SWEEP_ACTIVITIES,
         ],
     )
+    return [orchestration]
 
 
 async def run_worker(queue: Queue, settings: Settings | None = None) -> None:
@@ -78,11 +93,13 @@ async def run_worker(queue: Queue, settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # reading a run's checkpoints logs at INFO every poll
     client = await connect(settings)
-    worker = build_worker(client, queue, settings)
+    workers = build_workers(client, queue, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
-        logging.info("ttrain %s worker polling %s", queue, worker.task_queue)
+    async with contextlib.AsyncExitStack() as running:
+        for worker in workers:
+            await running.enter_async_context(worker)
+        logging.info("ttrain %s worker polling %s", queue, ", ".join(w.task_queue for w in workers))
         await stop.wait()

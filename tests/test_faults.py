@@ -6,14 +6,15 @@
 - a checkpoint write that fails once: costs one checkpoint interval, not the run;
 - a long run: continues as new, handing its live Ray job over, with keep_last deletions in the ledger;
 - a job that commits while its worker is dead, then ends: the next attempt resumes from what it committed;
+- a cancel while every training slot is busy: the run's jobs are stopped at once, on the control queue;
 - a diverged sweep trial fails alone; a sequence too long for the model is refused before any job.
 Worker loss (SIGTERM, SIGKILL), a cancel while no worker is alive and a machine reboot are `test_crash_recovery.py`'s.
 
 Faults confined to their own run (a NaN, a reused id, a failed write, a long run, unwatched commits on the run's own
-worker, a diverged sweep trial, a bad input) are delivered side by side, once, by the `confined` fixture: on 2 cores
-one shared wait instead of seven keeps `make test` in its budget; each keeps its own test and assertions. Faults that
-hit shared processes (the Ray dashboard) run one at a time. The slow cells of the full matrix
-(every fault x every kind of work) are in `bench/faults.py`.
+worker, a cancel on a one-slot worker, a diverged sweep trial, a bad input) are delivered side by side, once, by
+the `confined` fixture: on 2 cores one shared wait instead of eight keeps `make test` in its budget; each keeps its
+own test and assertions. Faults that hit shared processes (the Ray dashboard) run one at a time. The slow cells of
+the full matrix (every fault x every kind of work) are in `bench/faults.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
+from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
 from orchestration.cli import start_training
@@ -141,6 +143,40 @@ async def unwatched_commits(stack) -> dict:
         local_stack.stop(own, "worker-training")
 
 
+async def closed(handle) -> WorkflowExecutionStatus:
+    async def done():
+        status = (await handle.describe()).status
+        return status if status != WorkflowExecutionStatus.RUNNING else None
+
+    return await wait_until(done, 60, f"{handle.id} to close")
+
+
+async def cancel_while_every_slot_trains(stack) -> dict:
+    """A training worker (the runs' own) with one slot, taken by a long training; another run, waiting for that slot,
+    is cancelled: stopping its jobs must not wait for the slot (it would, for as long as the training lasts)."""
+    own = stack.model_copy(
+        update={"home": stack.home / "one-slot", "training_queue": "it-one-slot", "max_concurrent_trainings": 1}
+    )
+    local_stack.start_worker(own, "training")
+    try:
+        client = await connect(stack)
+        busy = await start_training(client, own, "it-slot-busy", crash_config(1000))
+        await first_checkpoint(busy)
+        waiting = await start_training(client, own, "it-slot-waiting", crash_config())
+
+        async def queued():  # its snapshot activity is scheduled, and waits for the slot
+            return list((await waiting.describe()).raw_description.pending_activities)
+
+        await wait_until(queued, 30, "the waiting run's first activity")
+        await waiting.cancel()
+        waiting_closed = await closed(waiting)
+        busy_then = (await busy.describe()).status
+        await busy.cancel()
+        return {"waiting": waiting_closed, "busy_then": busy_then, "busy": await closed(busy)}
+    finally:
+        local_stack.stop(own, "worker-training")
+
+
 async def long_run(stack) -> dict:
     config = tiny_config(dataset={"max_rows": 300}, max_steps=30, checkpoint_every_steps=3, keep_last=4)
     client = await connect(stack)
@@ -186,6 +222,7 @@ CONFINED = {
     "write": failed_write,
     "long": long_run,
     "unwatched": unwatched_commits,
+    "one_slot": cancel_while_every_slot_trains,
     "sweep": diverged_sweep_trial,
     "too_long": too_long_input,
 }
@@ -253,6 +290,13 @@ def test_checkpoints_committed_while_no_worker_watched_are_resumed_from(confined
     fresh = [a for a in status.attempts if a.ray_job_id != first.ray_job_id]
     assert len(fresh) == 1 and fresh[0].resumed_from_step == max(mirrored) >= max(got["gap"])
     assert_continuous_ledger(status, 150)
+
+
+def test_a_cancel_stops_the_jobs_without_waiting_for_a_training_slot(stack, confined):
+    got = outcome(confined, "one_slot")
+    assert got["waiting"] == WorkflowExecutionStatus.CANCELED
+    assert got["busy_then"] == WorkflowExecutionStatus.RUNNING  # its training still held the only slot
+    assert got["busy"] == WorkflowExecutionStatus.CANCELED and not live_jobs(stack, "it-slot-busy")
 
 
 def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_true(confined):

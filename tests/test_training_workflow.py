@@ -29,6 +29,7 @@ from orchestration.types import (
     TrainAttemptInput,
     TrainAttemptResult,
     TrainingRequest,
+    control_queue,
 )
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from tests.helpers import run, tiny_config
@@ -81,8 +82,9 @@ async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None 
             env.client,
             task_queue="q",
             workflows=[CheckpointedTrainingWorkflow],
-            activities=[stubs.create_snapshot, stubs.train, stubs.stop_run_jobs],
+            activities=[stubs.create_snapshot, stubs.train],
         ),
+        Worker(env.client, task_queue=control_queue("q"), activities=[stubs.stop_run_jobs]),
     ):
         opts = RunOptions(storage_uri="/s", training_queue="q", max_failures_without_progress=limit)
         req = TrainingRequest(run_id=f"r-{uuid.uuid4().hex[:6]}", config=tiny_config(), options=opts)
@@ -179,8 +181,9 @@ def test_a_run_whose_jobs_cannot_be_stopped_still_reports_its_end():
                 env.client,
                 task_queue="q",
                 workflows=[CheckpointedTrainingWorkflow, Listener],
-                activities=[stubs.create_snapshot, stubs.train, stubs.stop_run_jobs],
+                activities=[stubs.create_snapshot, stubs.train],
             ),
+            Worker(env.client, task_queue=control_queue("q"), activities=[stubs.stop_run_jobs]),
         ):
             sweep = await env.client.start_workflow(Listener.run, id="sweep", task_queue="q")
             opts = RunOptions(storage_uri="/s", training_queue="q")

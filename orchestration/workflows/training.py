@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         TrainAttemptResult,
         TrainingRequest,
         TrainingResult,
+        control_queue,
     )
 
 REPORT_DESPITE_STOP = "report-despite-stop"  # the patch after which a failed stop no longer skips the report
@@ -223,7 +224,7 @@ class CheckpointedTrainingWorkflow:
     async def _stop_jobs(self) -> None:
         """No Ray job outlives a cancelled or failed run, also when no attempt was running to stop it."""
         await workflow.execute_activity(
-            "stop_run_jobs", self.req.run_id, task_queue=self.req.options.training_queue, **STOP_JOBS
+            "stop_run_jobs", self.req.run_id, task_queue=control_queue(self.req.options.training_queue), **STOP_JOBS
         )
 
     @property
