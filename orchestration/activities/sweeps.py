@@ -9,7 +9,7 @@ import random
 
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from orchestration.sweeps.models import GcRequest, PlotRequest, RungResult, SegmentReport, TpeRequest, TrialSegment
 from orchestration.sweeps.space import Choice, IntRange, LogUniform
@@ -51,16 +51,19 @@ def synthetic_score(seg: TrialSegment, seed: int) -> float:
 
 
 async def reported(seg: TrialSegment, result: RungResult) -> RungResult:
-    """If the sweep execution that started this segment has continued as new, its result would go nowhere: tell the
-    sweep's current execution by signal. (While that execution is open, the result alone suffices: no extra event.)"""
+    """The result goes back to the sweep execution that started the segment, and by signal to the sweep's current
+    execution: if the first has continued as new before this completion reaches it (which no check made here can
+    rule out), the signal is the only way the result arrives. The sweep takes a segment's end once."""
     info = activity.info()
-    client = activity.client()
-    own = client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
-    if (await own.describe()).status == WorkflowExecutionStatus.RUNNING:
-        return result
-    await client.get_workflow_handle(info.workflow_id).signal(
-        "segment_finished", SegmentReport(segment_id=seg.segment_id, result=result)
-    )
+    try:
+        await (
+            activity.client()
+            .get_workflow_handle(info.workflow_id)
+            .signal("segment_finished", SegmentReport(segment_id=seg.segment_id, result=result))
+        )
+    except RPCError as exc:  # the sweep has closed (this was a re-issued segment's late twin): nobody to tell
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
     return result
 
 
