@@ -244,3 +244,27 @@ def test_optimizer_state_is_loaded_onto_the_cpu_first(tmp_path, monkeypatch):
     state = checkpointing.load_training_state(str(tmp_path), optimizer, scheduler)
     assert state["step"] == 1 and len(seen) == 2
     assert all(kw.get("map_location") == "cpu" and kw.get("weights_only") is True for kw in seen)
+
+
+# --- activities that block ------------------------------------------------------------------------------------------
+
+
+def test_blocking_activity_work_heartbeats_so_a_dead_worker_is_noticed(monkeypatch):
+    """Snapshot, evaluate and predict run for minutes to hours in a thread: without heartbeats a worker that died
+    under them is noticed only at their start-to-close timeout."""
+    import time
+
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities import heartbeat
+
+    monkeypatch.setattr(heartbeat, "EVERY_S", 0.05)
+    beats: list[tuple] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    async def work() -> str:
+        return await heartbeat.in_thread(lambda: time.sleep(0.5) or "done")
+
+    assert asyncio.run(env.run(work)) == "done"
+    assert len(beats) >= 5

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from temporalio import activity
 
+from orchestration.activities.heartbeat import in_thread
 from orchestration.errors import invalid
 from orchestration.types import (
     CheckpointInfo,
@@ -66,7 +67,7 @@ async def predict(inp: PredictInput) -> list[Prediction]:
         rows = _predictor(inp.checkpoint.uri).predict(inp.texts, inp.text_pairs)
         return [Prediction(text=t, **row) for t, row in zip(inp.texts, rows, strict=True)]
 
-    return await asyncio.to_thread(run)
+    return await in_thread(run)
 
 
 @activity.defn
@@ -74,4 +75,4 @@ async def evaluate(inp: EvaluateInput) -> dict:
     def run() -> dict:
         return _predictor(inp.artifacts.checkpoint.uri).evaluate(inp.artifacts.snapshot_uri, inp.split, inp.batch_size)
 
-    return await asyncio.to_thread(run)
+    return await in_thread(run)

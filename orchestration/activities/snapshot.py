@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from temporalio import activity
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from orchestration import image_snapshot, snapshot
+from orchestration.activities.heartbeat import in_thread
 from orchestration.errors import invalid
 from orchestration.types import DatasetSnapshot, SnapshotRequest
 from ray_jobs.models import ModelNotFound, resolve_model_path, tokenizer_identity
@@ -66,4 +65,4 @@ def _publish(req: SnapshotRequest, manifest, files: dict[str, bytes]) -> Dataset
 
 @activity.defn
 async def create_snapshot(req: SnapshotRequest) -> DatasetSnapshot:
-    return await asyncio.to_thread(build, req)
+    return await in_thread(build, req)

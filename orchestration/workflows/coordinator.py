@@ -17,6 +17,7 @@ from temporalio.exceptions import FailureError
 from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from orchestration.activities.heartbeat import HEARTBEAT_TIMEOUT
     from orchestration.errors import INVALID_INPUT, root_message
     from orchestration.experiments import config_diffs, run_cache_key
     from orchestration.types import (
@@ -99,6 +100,7 @@ class CoordinatorWorkflow:
             SnapshotRequest(run_id=row.run_id, config=exp.config, storage_uri=opts.storage_uri),
             result_type=DatasetSnapshot,
             task_queue=opts.training_queue,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,  # it heartbeats: a worker that died is noticed in a minute
             **SHORT,
         )
         key = run_cache_key(snapshot.snapshot_id, exp.config)

@@ -8,6 +8,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from orchestration.activities.heartbeat import HEARTBEAT_TIMEOUT
     from orchestration.errors import INVALID_INPUT
     from orchestration.types import (
         EvaluateInput,
@@ -39,6 +40,7 @@ class InferenceWorkflow:
             PredictInput(checkpoint=artifacts.checkpoint, texts=req.texts, text_pairs=req.text_pairs),
             result_type=list[Prediction],
             start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=RETRY,
         )
         return InferenceResult(run_id=req.run_id, checkpoint_step=artifacts.checkpoint.step, predictions=predictions)
@@ -54,6 +56,7 @@ class EvaluationWorkflow:
             EvaluateInput(artifacts=artifacts, split=req.split, batch_size=req.batch_size),
             result_type=dict,
             start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=RETRY,
         )
         return EvaluationResult(

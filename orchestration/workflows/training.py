@@ -20,6 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError,
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from orchestration.activities.heartbeat import HEARTBEAT_TIMEOUT
     from orchestration.attempts import after_failure
     from orchestration.errors import INVALID_INPUT, root_message
     from orchestration.ledger import mark_deleted, newest, record
@@ -84,6 +85,7 @@ class CheckpointedTrainingWorkflow:
                     result_type=DatasetSnapshot,
                     task_queue=opts.training_queue,
                     start_to_close_timeout=SNAPSHOT_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=[INVALID_INPUT]),
                 )
                 self.state = "training"
