@@ -237,11 +237,14 @@ async def inject(fault: str, s: Settings, first: RunStatus, outage_s: float) -> 
         finally:
             os.kill(pid, signal.SIGCONT)
     elif fault == "write-fails-once":
-        # two intervals ahead of the committed step (every work checkpoints each 10 or 5 steps)
+        # the next checkpoint (a fresh run's first one is one interval in: 10 steps, or 5 in the sweep, whose rung-0
+        # segments end at step 10)
         blocker = Path(job_dir(os.path.join(s.storage_uri, "runs", first.run_id), first.ray_job_id))
-        blocker /= f"step_{first.step + 10:08d}"
+        blocker /= f"step_{first.step + first.checkpoints[0].step:08d}"
         blocker.parent.mkdir(parents=True, exist_ok=True)
-        if not blocker.exists():
+        if blocker.exists():
+            _stack.log(f"{first.run_id}: {blocker.name} was written before the fault could be placed")
+        else:
             blocker.write_text("blocks the upload")
 
 
