@@ -73,7 +73,8 @@ class Stubs:
         return [f"{run_id}-job"]
 
 
-async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None = None) -> Any:
+async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None = None, reports: bool = False) -> Any:
+    """With `reports`, the run reports its end to a `Listener` (as to a sweep); the report lands in `stubs.report`."""
     async with (
         await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
@@ -81,13 +82,19 @@ async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None 
         Worker(
             env.client,
             task_queue="q",
-            workflows=[CheckpointedTrainingWorkflow],
+            workflows=[CheckpointedTrainingWorkflow, Listener],
             activities=[stubs.create_snapshot, stubs.train],
         ),
         Worker(env.client, task_queue=control_queue("q"), activities=[stubs.stop_run_jobs]),
     ):
+        listener = await env.client.start_workflow(Listener.run, id="sweep", task_queue="q") if reports else None
         opts = RunOptions(storage_uri="/s", training_queue="q", max_failures_without_progress=limit)
-        req = TrainingRequest(run_id=f"r-{uuid.uuid4().hex[:6]}", config=tiny_config(), options=opts)
+        req = TrainingRequest(
+            run_id=f"r-{uuid.uuid4().hex[:6]}",
+            config=tiny_config(),
+            options=opts,
+            report_to=listener.id if listener else None,
+        )
         handle = await env.client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q")
         if cancel_after is not None:
             await asyncio.sleep(cancel_after)
@@ -96,6 +103,7 @@ async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None 
             return await handle.result()
         finally:
             stubs.status = await handle.query(CheckpointedTrainingWorkflow.status)
+            stubs.report = await listener.result() if listener else None
 
 
 def failure_of(stubs: Stubs, **kw) -> str:
@@ -172,29 +180,7 @@ def test_a_run_whose_jobs_cannot_be_stopped_still_reports_its_end():
     diverged = ApplicationError("loss became NaN at step 7", type="Diverged", non_retryable=True)
     stubs = StopFails([diverged])
 
-    async def go() -> tuple[RunReport, str]:
-        async with (
-            await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
-            ) as env,
-            Worker(
-                env.client,
-                task_queue="q",
-                workflows=[CheckpointedTrainingWorkflow, Listener],
-                activities=[stubs.create_snapshot, stubs.train],
-            ),
-            Worker(env.client, task_queue=control_queue("q"), activities=[stubs.stop_run_jobs]),
-        ):
-            sweep = await env.client.start_workflow(Listener.run, id="sweep", task_queue="q")
-            opts = RunOptions(storage_uri="/s", training_queue="q")
-            req = TrainingRequest(run_id="r-stop", config=tiny_config(), options=opts, report_to="sweep")
-            handle = await env.client.start_workflow(
-                CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q"
-            )
-            with pytest.raises(WorkflowFailureError) as err:
-                await handle.result()
-            return await sweep.result(), err.value.cause.message
-
-    report, message = run(go())
+    message = failure_of(stubs, reports=True)
     assert message == "loss became NaN at step 7"  # the run fails with its own reason, not the failed stop's
-    assert report.workflow_id == "r-stop" and report.result is None and report.error == message
+    report = stubs.report
+    assert report.workflow_id == stubs.status.run_id and report.result is None and report.error == message
