@@ -76,6 +76,8 @@ FAULTS = [
 ]
 RESULT_TYPES = {"run": TrainingResult, "image": TrainingResult, "experiments": CoordinatorResult, "sweep": SweepState}
 DIVERGE = {"lr": 1.0, "weight_decay": 100.0, "warmup_ratio": 0.0}  # AdamW's decay outgrows the weights: NaN by ~step 5
+# batch norm keeps the image net finite at lr 10 alone; decay of lr x wd = 1,000 per step blows the head up by ~step 5
+DIVERGE_IMAGE = {"lr": 10.0, "weight_decay": 100.0, "warmup_ratio": 0.0}
 
 
 @dataclass
@@ -126,7 +128,7 @@ async def start(client: Client, s: Settings, work: str, wid: str, diverged: bool
     opts = RunOptions(storage_uri=s.storage_uri, training_queue=s.training_queue, heartbeat_timeout_s=5)
     q = s.orchestration_queue
     if work in ("run", "image"):
-        cfg = (image(lr=10.0) if diverged else image()) if work == "image" else text(**(DIVERGE if diverged else {}))
+        cfg = (image(**DIVERGE_IMAGE) if diverged else image()) if work == "image" else text(**(DIVERGE if diverged else {}))
         req = TrainingRequest(run_id=wid, config=cfg, options=opts)
         return await client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=wid, task_queue=q)
     if work == "experiments":
