@@ -128,7 +128,11 @@ async def start(client: Client, s: Settings, work: str, wid: str, diverged: bool
     opts = RunOptions(storage_uri=s.storage_uri, training_queue=s.training_queue, heartbeat_timeout_s=5)
     q = s.orchestration_queue
     if work in ("run", "image"):
-        cfg = (image(**DIVERGE_IMAGE) if diverged else image()) if work == "image" else text(**(DIVERGE if diverged else {}))
+        cfg = (
+            (image(**DIVERGE_IMAGE) if diverged else image())
+            if work == "image"
+            else text(**(DIVERGE if diverged else {}))
+        )
         req = TrainingRequest(run_id=wid, config=cfg, options=opts)
         return await client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=wid, task_queue=q)
     if work == "experiments":

@@ -16,6 +16,7 @@ import requests
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 RUN_ID_KEY = "ttrain_run_id"
+INCARNATION_KEY = "ttrain_incarnation"  # which execution chain under the run id submitted the job
 LIVE = {JobStatus.PENDING, JobStatus.RUNNING}
 REQUEST_TIMEOUT_S = 10.0
 _SERVER_ERROR = re.compile(r"status code 5\d\d")
@@ -65,32 +66,54 @@ class RaySubmission:
 
     def run_jobs(self, run_id: str, statuses: set[JobStatus] = LIVE) -> list[str]:
         """Submission ids of this run's jobs in `statuses`, oldest first."""
+        return [j.submission_id for j in self._run_job_details(run_id, statuses)]
+
+    def _run_job_details(self, run_id: str, statuses: set[JobStatus]) -> list:
         jobs = [
             j
             for j in self._call("list_jobs")
             if (j.metadata or {}).get(RUN_ID_KEY) == run_id and j.status in statuses and j.submission_id
         ]
-        jobs.sort(key=lambda j: j.start_time or 0)
-        return [j.submission_id for j in jobs]
+        return sorted(jobs, key=lambda j: j.start_time or 0)
 
-    def find_live(self, run_id: str, hint: str | None) -> str | None:
+    def find_live(self, run_id: str, hint: str | None, incarnation: str | None = None) -> str | None:
         """The job to follow instead of submitting: the one named by `hint` (the run's last attempt) if it is alive
-        or finished well while nobody watched, else the newest live job tagged with the run (a run has at most one)."""
+        or finished well while nobody watched, else the newest live job this incarnation of the run submitted (it
+        has at most one). A job tagged before incarnations were (no tag) counts as this one's."""
         if hint is not None and self.status(hint) in {*LIVE, JobStatus.SUCCEEDED}:
             return hint
-        live = self.run_jobs(run_id)
+        live = [
+            j.submission_id for j in self._run_job_details(run_id, LIVE) if _incarnation(j, incarnation) == incarnation
+        ]
         return live[-1] if live else None
 
-    def submit(self, job_id: str, run_id: str, module: str, spec_uri: str, python: str, env: dict[str, str]) -> None:
+    def strangers(self, run_id: str, incarnation: str | None) -> list[str]:
+        """Live jobs under the run id that another incarnation left (its stop failed, or raced its submit): only one
+        execution under an id runs at a time, so nobody follows them."""
+        return [
+            j.submission_id for j in self._run_job_details(run_id, LIVE) if _incarnation(j, incarnation) != incarnation
+        ]
+
+    def submit(
+        self,
+        job_id: str,
+        run_id: str,
+        module: str,
+        spec_uri: str,
+        python: str,
+        env: dict[str, str],
+        incarnation: str | None = None,
+    ) -> None:
         """Submitting an id that exists is refused by Ray: that refusal means an earlier try already submitted it."""
         if self.status(job_id) is not None:
             return
+        metadata = {RUN_ID_KEY: run_id, **({INCARNATION_KEY: incarnation} if incarnation else {})}
         try:
             self._call(
                 "submit_job",
                 entrypoint=f"{python} -m {module} --spec {shlex.quote(spec_uri)}",
                 submission_id=job_id,
-                metadata={RUN_ID_KEY: run_id},
+                metadata=metadata,
                 runtime_env={"env_vars": env} if env else None,
             )
         except RuntimeError as exc:
@@ -111,6 +134,10 @@ class RaySubmission:
             return self._call("get_job_logs", job_id)[-chars:]
         except (RuntimeError, RayUnavailable):
             return ""
+
+
+def _incarnation(job: Any, default: str | None) -> str | None:
+    return (job.metadata or {}).get(INCARNATION_KEY, default)
 
 
 def alive_nodes(dashboard_url: str) -> list:

@@ -98,6 +98,8 @@ class TrainAttemptInput(Model):
     reattach_job_id: str | None = None
     previous: Progress | None = None
     attempt: int = 1
+    # the first execution's run id: the same across continue-as-new, new when the id is run again or replaced
+    incarnation: str | None = None
 
 
 class AttemptStarted(Model):

@@ -268,3 +268,47 @@ def test_blocking_activity_work_heartbeats_so_a_dead_worker_is_noticed(monkeypat
 
     assert asyncio.run(env.run(work)) == "done"
     assert len(beats) >= 5
+
+
+def test_a_cancel_during_a_submit_lets_the_submit_land_before_the_attempt_ends(tmp_path):
+    """The workflow lists the run's jobs to stop them once the cancelled attempt has ended: a submit still in flight
+    then (its thread goes on) would land after the list and leave a job that outlives the run."""
+    import time
+
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities.training import _Attempt
+    from orchestration.settings import Settings
+    from orchestration.types import DatasetSnapshot, RunOptions, TrainAttemptInput
+
+    class SlowRay:
+        submitted: list[str] = []
+
+        def find_live(self, *args) -> None:
+            return None
+
+        def strangers(self, *args) -> list[str]:
+            return []
+
+        def submit(self, job_id: str, *args) -> None:
+            time.sleep(1.0)  # the Jobs API is slow to answer
+            self.submitted.append(job_id)
+
+    inp = TrainAttemptInput(
+        run_id="r",
+        config=FineTuneConfig(),
+        snapshot=DatasetSnapshot(snapshot_id="ds-1", uri="/snap", manifest=manifest(), reused=False),
+        options=RunOptions(storage_uri=str(tmp_path)),
+    )
+    ray = SlowRay()
+    env = ActivityEnvironment()
+
+    async def cancelled_mid_submit() -> list[str]:
+        attempt = asyncio.ensure_future(env.run(_Attempt(ray, Settings.from_env(), inp).run))
+        await asyncio.sleep(0.3)
+        env.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        return list(ray.submitted)  # what existed when the attempt had ended
+
+    assert len(asyncio.run(cancelled_mid_submit())) == 1

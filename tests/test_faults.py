@@ -33,7 +33,7 @@ from temporalio.client import WorkflowExecutionStatus
 from cluster import local_stack
 from orchestration.cli import start_training
 from orchestration.client import connect
-from orchestration.ray_submission import RaySubmission
+from orchestration.ray_submission import INCARNATION_KEY, RUN_ID_KEY, RaySubmission
 from orchestration.types import RunStatus
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.outcome import job_dir, read_commits
@@ -104,7 +104,16 @@ async def reused_run_id(stack) -> dict:
     }
 
 
-async def failed_write(stack) -> RunStatus:
+async def failed_write(stack) -> dict:
+    """Also: a job that an earlier run under the id left live (its stop failed, or raced its submit) is stopped by
+    the new run's first attempt, never adopted as its own."""
+    stranger = "it-write-fault--left-by-an-earlier-run"
+    RaySubmission(stack.ray_address)._call(
+        "submit_job",
+        entrypoint="sleep 600",
+        submission_id=stranger,
+        metadata={RUN_ID_KEY: "it-write-fault", INCARNATION_KEY: "an-earlier-run"},
+    )
     client = await connect(stack)
     handle = await start_training(client, stack, "it-write-fault", crash_config())
 
@@ -116,7 +125,8 @@ async def failed_write(stack) -> RunStatus:
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where a checkpoint's directory must go")  # that upload fails
     await handle.result()
-    return await status_of(handle)
+    stranger_after = JobSubmissionClient(stack.ray_dashboard_url).get_job_status(stranger)
+    return {"status": await status_of(handle), "stranger": stranger, "stranger_after": stranger_after}
 
 
 async def unwatched_commits(stack) -> dict:
@@ -275,11 +285,18 @@ def test_a_reused_run_id_attaches_refuses_replaces_and_reports(confined):
 
 
 def test_a_checkpoint_write_that_fails_once_costs_one_interval(confined):
-    status = outcome(confined, "write")
+    status = outcome(confined, "write")["status"]
     assert len(status.attempts) == 2
     assert status.attempts[1].resumed_from_step == EVERY and status.attempts[1].steps_recomputed <= EVERY
     assert status.failures_without_progress == 0
     assert [c.step for c in status.checkpoints] == list(range(EVERY, STEPS + 1, EVERY))
+
+
+def test_a_job_left_under_the_run_id_by_an_earlier_run_is_stopped_not_adopted(confined):
+    got = outcome(confined, "write")
+    first = got["status"].attempts[0]
+    assert first.ray_job_id != got["stranger"] and not first.reattached
+    assert got["stranger_after"] == JobStatus.STOPPED
 
 
 def test_checkpoints_committed_while_no_worker_watched_are_resumed_from(confined):

@@ -42,6 +42,7 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TTRAIN_RAY_MAX_FAILURES")
 T = TypeVar("T")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its log prefixes
 LAST_LINE_CHARS = 300
+SETTLE_S = 60.0  # bounds the wait for calls in flight at a cancel: a submit is two requests of at most 10 s each
 
 
 def runs_root(storage_uri: str) -> str:
@@ -61,13 +62,15 @@ def ledger_entry(run_id: str, record: CommittedCheckpoint) -> CheckpointInfo:
     )
 
 
-def submit_job(ray: RaySubmission, spec: JobSpec, storage_uri: str, python: str) -> None:
+def submit_job(
+    ray: RaySubmission, spec: JobSpec, storage_uri: str, python: str, incarnation: str | None = None
+) -> None:
     """Write the spec next to the run's storage and submit `python -m <the kind's job module> --spec URI`; the one
     way a ttrain job reaches Ray (the activity, and the benches and tests that run the same job without Temporal)."""
     spec_uri = storage.join(storage_uri, "jobs", f"{spec.ray_job_id}.json")
     storage.write_json(spec_uri, spec.model_dump(mode="json"))
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    ray.submit(spec.ray_job_id, spec.run_id, JOB_MODULES[spec.config.kind], spec_uri, python, env)
+    ray.submit(spec.ray_job_id, spec.run_id, JOB_MODULES[spec.config.kind], spec_uri, python, env, incarnation)
 
 
 class TrainingActivities:
@@ -112,6 +115,7 @@ class _Attempt:
         )
         self.outage_ended = 0.0  # monotonic time the last outage ended: waiting out an outage is not a stall
         self.max_backoff_s = max(1.0, min(15.0, self.opts.heartbeat_timeout_s / 3))
+        self.in_flight: set[asyncio.Future] = set()  # Ray and storage calls running in threads
 
     async def run(self) -> TrainAttemptResult:
         ticker = asyncio.create_task(self._heartbeat_forever())
@@ -119,6 +123,10 @@ class _Attempt:
             job_id = await self._start()
             return await self._follow(job_id)
         except asyncio.CancelledError:
+            # a submit in flight lands before the attempt ends: the workflow, told the attempt is over, lists the
+            # run's jobs to stop them, and a job submitted after that list would outlive the run
+            if self.in_flight:
+                await asyncio.wait(self.in_flight, timeout=SETTLE_S)
             details = activity.cancellation_details()
             if details is not None and details.worker_shutdown:
                 raise self._failure(
@@ -138,12 +146,17 @@ class _Attempt:
 
     async def _start(self) -> str:
         info = activity.info()
-        job_id = await self._patiently(self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id)
+        job_id = await self._patiently(self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id, self.incarnation)
         reattached = job_id is not None
         if job_id is None and self.inp.reattach_job_id is not None:
             # the last job ended while nobody watched (a worker gap): what it committed meanwhile is the run's newest
             await self._mirror_checkpoints(self.inp.reattach_job_id)
         if job_id is None:
+            for stranger in await self._patiently(self.ray.strangers, self.inp.run_id, self.incarnation):
+                activity.logger.warning(
+                    "stopping Ray job %s, left under %s by an earlier run", stranger, info.workflow_id
+                )
+                await self._patiently(self.ray.stop, stranger)
             # unique per workflow execution and activity, and still led by the run id: a rerun of the same run id,
             # or the next rung of a sweep trial, never mistakes an old job for its own
             job_id = f"{info.workflow_id}--{info.workflow_run_id[-8:]}-{info.activity_id}-{info.attempt}"
@@ -176,7 +189,7 @@ class _Attempt:
             resume_from_step=resume.step if resume else 0,
             stop_at_step=self.inp.stop_at_step,
         )
-        submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python)
+        submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python, self.incarnation)
 
     async def _follow(self, job_id: str) -> TrainAttemptResult:
         """Until the job ends. A job that has not trained a step yet is starting (its Train workers wait for a node,
@@ -313,10 +326,22 @@ class _Attempt:
             self.outage_ended = time.monotonic()
         return result
 
+    @property
+    def incarnation(self) -> str | None:
+        return self.inp.incarnation
+
     async def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
-        """A blocking Ray or storage call, in a thread, outlasting outages of either."""
+        """A blocking Ray or storage call, in a thread, outlasting outages of either. A cancel does not abandon the
+        thread: the call is shielded and tracked, for `run` to let it land."""
+
+        async def in_thread() -> T:
+            call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            self.in_flight.add(call)
+            call.add_done_callback(self.in_flight.discard)
+            return await asyncio.shield(call)
+
         try:
-            return await self._outlasting(_transient, lambda: asyncio.to_thread(fn, *args))
+            return await self._outlasting(_transient, in_thread)
         except OSError as exc:
             if not _transient(exc):
                 raise

@@ -179,6 +179,7 @@ class CheckpointedTrainingWorkflow:
             reattach_job_id=self.attempts[-1].ray_job_id if self.attempts else None,
             previous=self.last_progress,
             attempt=len(self.attempts) + 1,
+            incarnation=workflow.info().first_execution_run_id,
         )
 
     def _attempt_failure(self, err: ActivityError) -> AttemptFailure:
