@@ -16,6 +16,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from orchestration.client import connect
 from orchestration.ray_submission import alive_nodes
 from orchestration.settings import Settings
+from orchestration.types import control_queue
 from ray_jobs import storage
 
 Check = tuple[bool, str]
@@ -78,6 +79,11 @@ async def run_checks(settings: Settings) -> list[Check]:
         )
         checks.append(
             await check_queue(client, settings.training_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, "training")
+        )
+        checks.append(  # cancels stop a run's jobs here: without it a cancelled run waits for a worker to return
+            await check_queue(
+                client, control_queue(settings.training_queue), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, "stopping jobs"
+            )
         )
     checks += await asyncio.to_thread(check_ray, settings)
     checks.append(await asyncio.to_thread(check_storage, settings))

@@ -100,6 +100,8 @@ class TrainAttemptInput(Model):
     attempt: int = 1
     # the first execution's run id: the same across continue-as-new, new when the id is run again or replaced
     incarnation: str | None = None
+    # what a workflow of the release before the ledger rode along sent (Temporal retried that attempt itself)
+    resume_from: CheckpointInfo | None = None
 
 
 class AttemptStarted(Model):

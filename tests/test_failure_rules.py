@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,3 +313,54 @@ def test_a_cancel_during_a_submit_lets_the_submit_land_before_the_attempt_ends(t
         return list(ray.submitted)  # what existed when the attempt had ended
 
     assert len(asyncio.run(cancelled_mid_submit())) == 1
+
+
+def test_an_attempt_the_previous_release_scheduled_resumes_from_the_workflows_ledger(tmp_path):
+    """During a rolling upgrade a `train` task scheduled by the previous release (no ledger in its input; Temporal
+    retries it with the input it had) reaches a new worker: it must resume from the run's newest checkpoint, not 0."""
+    import dataclasses
+    import json
+
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities.training import _Attempt
+    from orchestration.settings import Settings
+    from orchestration.types import DatasetSnapshot, RunOptions, TrainAttemptInput
+
+    ledger = [checkpoint(10), checkpoint(20)]
+    specs: list[dict] = []
+
+    class Handle:
+        async def query(self, name: str, **kw) -> list:
+            assert name == "ledger"
+            return ledger
+
+        async def signal(self, *args) -> None:
+            return None
+
+    class Client:
+        def get_workflow_handle(self, *args, **kw) -> Handle:
+            return Handle()
+
+    class Ray:
+        def find_live(self, *args) -> None:
+            return None
+
+        def strangers(self, *args) -> list[str]:
+            return []
+
+        def submit(self, job_id: str, run_id: str, module: str, spec_uri: str, *args) -> None:
+            specs.append(json.loads(Path(spec_uri).read_text()))
+            raise PermissionError("the test ends the attempt here")
+
+    old_input = {  # the previous release's TrainAttemptInput of a fresh run: no `checkpoints`, no `resume_from`
+        "run_id": "r",
+        "config": FineTuneConfig().model_dump(mode="json"),
+        "snapshot": DatasetSnapshot(snapshot_id="ds-1", uri="/snap", manifest=manifest(), reused=False),
+        "options": RunOptions(storage_uri=str(tmp_path)),
+    }
+    env = ActivityEnvironment(client=Client())
+    env.info = dataclasses.replace(env.info, attempt=3)
+    with pytest.raises(PermissionError):
+        asyncio.run(env.run(_Attempt(Ray(), Settings.from_env(), TrainAttemptInput.model_validate(old_input)).run))
+    assert specs[0]["resume_from_step"] == 20 and specs[0]["resume_from_uri"] == ledger[-1].uri

@@ -42,7 +42,8 @@ def test_doctor_reports_green_on_the_stack_and_names_a_wrong_address(stack):
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert all(ln.startswith("ok") for ln in lines), lines
-    assert any("polling ttrain-training" in ln for ln in lines)
+    assert any("polling ttrain-training for training" in ln for ln in lines)
+    assert any("polling ttrain-training-control for stopping jobs" in ln for ln in lines)
     assert any(ln.startswith("ok   ray node") for ln in lines)
     assert any("write/read/delete ok" in ln for ln in lines)
     env = {**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1", "TTRAIN_RAY_ADDRESS": "http://127.0.0.1:2"}

@@ -184,3 +184,58 @@ def test_a_run_whose_jobs_cannot_be_stopped_still_reports_its_end():
     assert message == "loss became NaN at step 7"  # the run fails with its own reason, not the failed stop's
     report = stubs.report
     assert report.workflow_id == stubs.status.run_id and report.result is None and report.error == message
+
+
+class SlowStop(Stubs):
+    @activity.defn(name="stop_run_jobs")
+    async def stop_run_jobs(self, run_id: str) -> list[str]:
+        await asyncio.sleep(3)  # Ray takes its time to stop a job
+        self.stopped.append(run_id)
+        return [f"{run_id}-job"]
+
+
+def test_a_cancelled_sweep_closes_after_its_trainings_so_replace_can_reuse_their_ids():
+    """`ttrain sweep --replace` starts trials under the ids the cancelled sweep's children still hold, at once."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from orchestration.sweeps.models import SweepSpec, SweepState
+    from orchestration.workflows.sweep import SweepWorkflow
+
+    stubs = SlowStop(["hang"])
+    spec = SweepSpec(
+        id=f"sw-{uuid.uuid4().hex[:6]}",
+        strategy="random",
+        trainer="real",
+        trials=2,
+        max_concurrency=2,
+        base=tiny_config().model_dump(mode="json"),
+        space={"params": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}},
+    )
+
+    async def go() -> list[WorkflowExecutionStatus]:
+        async with (
+            await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
+            ) as env,
+            Worker(
+                env.client,
+                task_queue="q",
+                workflows=[SweepWorkflow, CheckpointedTrainingWorkflow],
+                activities=[stubs.create_snapshot, stubs.train],
+            ),
+            Worker(env.client, task_queue=control_queue("q"), activities=[stubs.stop_run_jobs]),
+        ):
+            state = SweepState(
+                spec=spec, options=RunOptions(storage_uri="/s", training_queue="q"), search_attributes=False
+            )
+            handle = await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="q")
+            while len(stubs.attempts) < 2:
+                await asyncio.sleep(0.2)
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            children = [f"{spec.id}-t{i:04d}-r0" for i in range(2)]
+            return [(await env.client.get_workflow_handle(c).describe()).status for c in children]
+
+    assert run(go()) == [WorkflowExecutionStatus.CANCELED] * 2
+    assert len(stubs.stopped) == 2

@@ -120,6 +120,8 @@ class _Attempt:
     async def run(self) -> TrainAttemptResult:
         ticker = asyncio.create_task(self._heartbeat_forever())
         try:
+            if not self.ledger and (self.inp.resume_from is not None or activity.info().attempt > 1):
+                await self._ledger_of_a_previous_release()
             job_id = await self._start()
             return await self._follow(job_id)
         except asyncio.CancelledError:
@@ -135,6 +137,20 @@ class _Attempt:
             raise  # cancelled by the workflow (which stops the run's jobs itself), or timed out / stale: leave it
         finally:
             ticker.cancel()
+
+    async def _ledger_of_a_previous_release(self) -> None:
+        """An attempt scheduled by the previous release's workflow carries at most where the run stood when it was
+        scheduled, and Temporal retries it with that same input (the current workflow retries attempts itself, so
+        a Temporal-level retry, or a `resume_from`, means that release): the run's newest checkpoints are in its
+        workflow's ledger, which the current workflow code serves (it replays that history)."""
+        info = activity.info()
+        handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        ledger = await self._outlasting(
+            _temporal_unavailable, lambda: handle.query("ledger", result_type=list[CheckpointInfo])
+        )
+        self.ledger = [c for c in ledger if not c.deleted] or [self.inp.resume_from]
+        resume = newest(*self.ledger)
+        self.progress.step, self.progress.latest_checkpoint = resume.step, resume
 
     async def _heartbeat_forever(self) -> None:
         """Heartbeats on their own clock: a slow storage read or an outage being waited out is not a dead worker,

@@ -51,6 +51,8 @@ with workflow.unsafe.imports_passed_through():
     from ray_jobs import storage
 
 LIVE_HANDOVER = "live-handover"  # the patch that ended the drain before continue-as-new
+CANCEL_WAITS_FOR_CHILDREN = "cancel-waits-for-children"
+CHILDREN_CLOSE_WITHIN = timedelta(minutes=10)  # each stops its Ray jobs first: seconds, unless Ray is down
 ACTIVITY = {
     "start_to_close_timeout": timedelta(minutes=5),
     "retry_policy": RetryPolicy(maximum_attempts=5, non_retryable_error_types=[INVALID_INPUT]),
@@ -293,7 +295,8 @@ class SweepWorkflow:
 
     async def _cancel_live_children(self) -> None:
         """The children were started to outlive an execution (ABANDON): a cancelled sweep cancels them itself, and
-        each stops its own Ray jobs."""
+        each stops its own Ray jobs. The sweep closes once they have reported their end: `--replace` starts trials
+        under the same ids at once, and would collide with a child still stopping its jobs."""
         if self.s.spec.trainer != "real":
             return
         for segment_id in list(self.live):
@@ -301,6 +304,11 @@ class SweepWorkflow:
                 await workflow.get_external_workflow_handle(segment_id).cancel()
             except Exception as exc:  # already closed
                 workflow.logger.info("child %s not cancelled: %s", segment_id, exc)
+        if workflow.patched(CANCEL_WAITS_FOR_CHILDREN):
+            try:
+                await workflow.wait_condition(lambda: not self.live, timeout=CHILDREN_CLOSE_WITHIN)
+            except asyncio.TimeoutError:
+                workflow.logger.warning("sweep cancelled; children still closing: %s", sorted(self.live))
 
     def _rank(self, result: RungResult) -> tuple[int, float]:
         return result.rung, result.score if self.s.spec.mode == "max" else -result.score
