@@ -94,6 +94,26 @@ def test_ladder_min_mode_and_higher_rungs_first():
         ladder.record("t3", 1, 0.1)
 
 
+def test_lenient_ladder_decides_on_arrival_as_ray_tunes_asha_does():
+    """Ray Tune's ASHAScheduler: a trial goes on unless its score is below the rung's (1 - 1/eta) percentile of the
+    results so far, itself included (np.nanpercentile([0.5, 0.6], 66.7) = 0.5667); the decision is never revisited."""
+    ladder = Ladder(10, 90, eta=3, rule="lenient")
+    ladder.record("t0", 0, 0.60)
+    assert ladder.promotion() == ("t0", 1)  # the first result climbs at once (strict: only after 3 results)
+    ladder.record("t1", 0, 0.50)  # below 0.5667: stops here for good
+    ladder.record("t2", 0, 0.70)  # cutoff 0.6333: goes on
+    assert ladder.promotion() == ("t2", 1)
+    for t, s in [("t3", 0.10), ("t4", 0.20), ("t5", 0.30), ("t6", 0.40)]:
+        ladder.record(t, 0, s)
+    assert ladder.promotion() is None  # t1 ranks in the top third now, but its decision was made
+    ladder.record("t0", 1, 0.8)
+    assert ladder.promotion() == ("t0", 2)
+    min_mode = Ladder(1, 3, eta=3, mode="min", rule="lenient")
+    min_mode.record("a", 0, 0.5)
+    min_mode.record("b", 0, 0.9)  # a loss above the cutoff: stops
+    assert min_mode.promotion() == ("a", 1) and min_mode.promotion() is None
+
+
 def test_ladder_ties_go_to_the_lower_trial_id():
     ladder = Ladder(1, 3, eta=3)
     for t in ["b", "a", "c"]:

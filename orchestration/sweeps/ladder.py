@@ -1,9 +1,15 @@
 """The ladder (asynchronous successive halving, ASHA): which trial climbs to the next rung, decided at once.
 
 Li et al., "A System for Massively Parallel Hyperparameter Tuning" (MLSys 2020), https://arxiv.org/abs/1810.05934.
-Rungs sit at min_budget * eta^k training steps. A trial that finished rung k is promoted as soon as it ranks in the
-top 1/eta of all results recorded at rung k so far: nobody waits for stragglers. Pure and deterministic (ties go to
-the lower trial id), so a workflow can call it and replay the same promotions.
+Rungs sit at min_budget * eta^k training steps. Two promotion rules:
+- strict (the paper's): a trial that finished rung k is promoted as soon as it ranks in the top 1/eta of all results
+  recorded at rung k so far, which needs at least eta results there: nobody waits for stragglers, and no trial climbs
+  on a handful of results.
+- lenient (Ray Tune's `ASHAScheduler`): the decision is made once, when the result arrives: the trial goes on unless
+  its score falls below the rung's 1/eta quantile of the results so far (itself included). Early trials climb at
+  once, so the top rung is reached sooner, on less evidence.
+Pure and deterministic (ties go to the lower trial id), so a workflow can call it and replay the same promotions;
+the lenient rule depends on the order results arrive in, so a rebuild records them in that order.
 """
 
 from __future__ import annotations
@@ -12,7 +18,14 @@ from typing import Literal
 
 
 class Ladder:
-    def __init__(self, min_budget: int, max_budget: int, eta: int = 3, mode: Literal["max", "min"] = "max") -> None:
+    def __init__(
+        self,
+        min_budget: int,
+        max_budget: int,
+        eta: int = 3,
+        mode: Literal["max", "min"] = "max",
+        rule: Literal["strict", "lenient"] = "strict",
+    ) -> None:
         if min_budget < 1:
             raise ValueError(f"min_budget must be >= 1 (got {min_budget})")
         if max_budget < min_budget:
@@ -21,7 +34,7 @@ class Ladder:
             raise ValueError(f"eta must be >= 2 (got {eta})")
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min' (got {mode!r})")
-        self.eta, self.mode = eta, mode
+        self.eta, self.mode, self.rule = eta, mode, rule
         budgets = []
         b = min_budget
         while b < max_budget:
@@ -30,6 +43,7 @@ class Ladder:
         self.budgets: list[int] = [*budgets, max_budget]
         self._scores: list[dict[str, float]] = [{} for _ in self.budgets]  # rung → trial → score
         self._promoted: list[set[str]] = [set() for _ in self.budgets]  # rung → trials promoted out of it
+        self._passed: list[set[str]] = [set() for _ in self.budgets]  # lenient: rung → trials that may go on
         self._peeked: tuple[str, int] | bool | None = False  # cached `peek`; False: recompute (callers poll it)
 
     @property
@@ -42,7 +56,17 @@ class Ladder:
         if trial in self._scores[rung]:
             raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
         self._scores[rung][trial] = score
+        if self.rule == "lenient" and rung < self.top_rung and self._clears_cutoff(rung, score):
+            self._passed[rung].add(trial)
         self._peeked = False
+
+    def _clears_cutoff(self, rung: int, score: float) -> bool:
+        """At or above the rung's (1 - 1/eta) quantile so far (`max`; mirrored for `min`), linearly interpolated."""
+        signed = sorted(s if self.mode == "max" else -s for s in self._scores[rung].values())
+        at = (1 - 1 / self.eta) * (len(signed) - 1)
+        low = int(at)
+        cutoff = signed[low] + (signed[min(low + 1, len(signed) - 1)] - signed[low]) * (at - low)
+        return (score if self.mode == "max" else -score) >= cutoff
 
     def mark_promoted(self, trial: str, rung: int) -> None:
         """Rebuilding from a saved state: `trial` already went up from `rung`."""
@@ -50,7 +74,7 @@ class Ladder:
         self._peeked = False
 
     def peek(self) -> tuple[str, int] | None:
-        """(trial, next rung) for the best not-yet-promoted trial in the top 1/eta of any rung, highest rung first."""
+        """(trial, next rung) for the best not-yet-promoted trial that the rule lets climb, highest rung first."""
         if self._peeked is False:
             self._peeked = self._find()
         return self._peeked  # type: ignore[return-value]
@@ -58,9 +82,12 @@ class Ladder:
     def _find(self) -> tuple[str, int] | None:
         for rung in range(self.top_rung - 1, -1, -1):
             results = self._scores[rung]
-            k = len(results) // self.eta
             ranked = sorted(results, key=lambda t: (-results[t] if self.mode == "max" else results[t], t))
-            for trial in ranked[:k]:
+            if self.rule == "strict":
+                eligible = ranked[: len(results) // self.eta]
+            else:
+                eligible = [t for t in ranked if t in self._passed[rung]]
+            for trial in eligible:
                 if trial not in self._promoted[rung]:
                     return trial, rung + 1
         return None

@@ -32,6 +32,11 @@ class LadderSpec(_Model):
     min_steps: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     eta: int = Field(default=3, ge=2)
+    rule: Literal["strict", "lenient"] = Field(
+        default="strict",
+        description="strict: promote once in the top 1/eta of at least eta results; lenient: Ray Tune ASHA's rule, "
+        "go on unless below the rung's 1/eta quantile when the result arrives",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LadderSpec:

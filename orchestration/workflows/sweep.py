@@ -76,14 +76,18 @@ class SweepWorkflow:
         spec = state.spec
         if spec.uses_ladder:
             assert spec.ladder is not None
-            self.ladder = Ladder(spec.ladder.min_steps, spec.ladder.max_steps, spec.ladder.eta, spec.mode)
+            ladder = spec.ladder
+            self.ladder = Ladder(ladder.min_steps, ladder.max_steps, ladder.eta, spec.mode, ladder.rule)
         else:
             budget = spec.base.max_steps
             self.ladder = Ladder(budget or 1, budget or 1, 2, spec.mode)
-        for trial in state.trials:  # rebuild the ladder's bookkeeping from the carried state
-            for r in trial.results:
-                self.ladder.record(trial.run_id, r.rung, r.score)
-                self.best_key = max(self.best_key or self._rank(r), self._rank(r))
+        # rebuild the ladder's bookkeeping from the carried state, results in the order they came in (the lenient
+        # rule decides on arrival; steps_spent grows with every result)
+        arrived = sorted(((t.run_id, r) for t in state.trials for r in t.results), key=lambda a: a[1].steps_spent)
+        for run_id, r in arrived:
+            self.ladder.record(run_id, r.rung, r.score)
+            self.best_key = max(self.best_key or self._rank(r), self._rank(r))
+        for trial in state.trials:
             for rung in range(trial.rung):
                 self.ladder.mark_promoted(trial.run_id, rung)
             if trial.state == "running" and all(seg.run_id != trial.run_id for seg in state.live):
