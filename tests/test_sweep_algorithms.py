@@ -157,3 +157,13 @@ def test_a_tpe_proposal_carries_a_bounded_history_with_the_best_and_the_newest(m
     assert {t.index for t in ranked[:TPE_GOOD]} <= set(indices)  # the good set TPE builds is all there
     assert set(range(2_100, 3_000)) <= set(indices)  # then the newest
     assert len(tpe_history(trials, mode, limit=TPE_GOOD)) == TPE_GOOD
+
+
+@pytest.mark.parametrize("task", ["reviews", "fashion-mnist"])
+def test_a_proxy_trial_resumed_from_its_rung_checkpoint_trains_as_an_uninterrupted_one(tmp_path, task):
+    from orchestration.sweeps.proxy import train_segment
+
+    params = {"lr": 0.05, "weight_decay": 1e-4, "batch_size": 32}
+    train_segment(str(tmp_path / "a.npz"), params, 7, 0, 30, 90, task)
+    resumed = train_segment(str(tmp_path / "a.npz"), params, 7, 30, 90, 90, task)
+    assert resumed == train_segment(str(tmp_path / "b.npz"), params, 7, 0, 90, 90, task)

@@ -69,7 +69,7 @@ async def reported(seg: TrialSegment, result: RungResult) -> RungResult:
 
 @activity.defn
 async def proxy_segment(seg: TrialSegment) -> RungResult:
-    """The proxy trainer (`sweeps.proxy`): real logistic regression, checkpointed per trial in storage."""
+    """The proxy trainer (`sweeps.proxy`): a real linear model on real data, checkpointed per trial in storage."""
     from orchestration.sweeps.proxy import train_segment
 
     uri = storage.join(seg.options.storage_uri, "proxy", f"{seg.trial.run_id}.npz")
@@ -82,6 +82,7 @@ async def proxy_segment(seg: TrialSegment) -> RungResult:
         start,
         seg.stop_at_step,
         seg.config.max_steps or seg.stop_at_step,
+        seg.proxy_task,
     )
     return await reported(seg, RungResult(rung=seg.trial.rung, steps=steps, score=score))
 

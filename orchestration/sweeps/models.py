@@ -18,6 +18,7 @@ BEST_SCORE = SearchAttributeKey.for_float("TtrainBestScore")
 BEST_RUNG = SearchAttributeKey.for_int("TtrainBestRung")
 TRIALS = SearchAttributeKey.for_int("TtrainTrials")
 SEARCH_ATTRIBUTES = (BEST_SCORE, BEST_RUNG, TRIALS)
+ProxyTask = Literal["reviews", "fashion-mnist"]  # the proxy trainer's tasks (`orchestration.sweeps.proxy`)
 # Changed on a running sweep (updates, extend): not part of what makes a sweep file "the same sweep"
 LIVE_SWEEP_SETTINGS = {"trials", "max_total_steps", "max_gpu_hours", "max_concurrency"}
 
@@ -68,6 +69,7 @@ class SweepSpec(_Model):
     simulated_step_ms: float = Field(
         default=0.0, ge=0.0, description="simulated trainer only: wall time per step, so segments take real time"
     )
+    proxy_task: ProxyTask = Field(default="reviews", description="proxy trainer only: which task (`sweeps.proxy`)")
     history_limit: int = Field(default=4_000, ge=200, description="events per run before continue-as-new")
 
     @model_validator(mode="after")
@@ -184,6 +186,7 @@ class TrialSegment(_Model):
     options: RunOptions
     segment_id: str = ""
     simulated_step_ms: float = 0.0
+    proxy_task: ProxyTask = "reviews"
 
 
 class TpeRequest(_Model):

@@ -202,6 +202,7 @@ class SweepWorkflow:
             options=self.s.options,
             segment_id=f"{trial.run_id}-r{trial.rung}",
             simulated_step_ms=spec.simulated_step_ms,
+            proxy_task=spec.proxy_task,
         )
 
     async def _new_trial(self) -> Trial:
