@@ -18,18 +18,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
-import tempfile
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from _sweeps import run_sweep, sweep_service
 
-from orchestration.activities.sweeps import SWEEP_ACTIVITIES
-from orchestration.sweeps.models import SEARCH_ATTRIBUTES, SweepSpec, SweepState
-from orchestration.types import RunOptions
-from orchestration.workflows.sweep import SweepWorkflow
+from orchestration.sweeps.models import SweepSpec, SweepState
 
 MAX_STEPS = 810
 SPACE = {
@@ -65,28 +58,12 @@ def full_budget_results(state: SweepState) -> list[tuple[int, float]]:
 
 
 async def run_all(seeds: list[int], strategies: list[str], budget: int) -> list[dict]:
-    temporal = str(Path(sys.executable).parent / "temporal")
     out = []
-    async with (
-        await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal,
-            data_converter=pydantic_data_converter,
-            search_attributes=SEARCH_ATTRIBUTES,
-        ) as env,
-        Worker(
-            env.client,
-            task_queue="eff",
-            workflows=[SweepWorkflow],
-            activities=SWEEP_ACTIVITIES,
-        ),
-    ):
+    async with sweep_service() as client:
         for seed in seeds:
             finals = {}
             for strategy in strategies:
-                spec = sweep_spec(strategy, seed, budget)
-                state = SweepState(spec=spec, options=RunOptions(storage_uri=tempfile.mkdtemp(prefix="ttrain-eff-")))
-                handle = await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="eff")
-                finals[strategy] = await handle.result()
+                finals[strategy] = await run_sweep(client, sweep_spec(strategy, seed, budget))
             target = max(s for _, s in full_budget_results(finals["random"]))
             for strategy, state in finals.items():
                 results = full_budget_results(state)

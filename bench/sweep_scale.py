@@ -14,20 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from _sweeps import run_sweep, sweep_service
 
-from orchestration.activities.sweeps import SWEEP_ACTIVITIES
-from orchestration.sweeps.models import SEARCH_ATTRIBUTES, SweepSpec, SweepState
-from orchestration.types import RunOptions
-from orchestration.workflows.sweep import SweepWorkflow
+from orchestration.sweeps.models import SweepSpec
 
 
 def sweep_spec(trials: int) -> SweepSpec:
@@ -46,40 +39,26 @@ def sweep_spec(trials: int) -> SweepSpec:
 
 
 async def measure(sizes: list[int]) -> list[dict]:
-    temporal = str(Path(sys.executable).parent / "temporal")
     rows = []
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal, data_converter=pydantic_data_converter, search_attributes=SEARCH_ATTRIBUTES
-    ) as env:
+    async with sweep_service(max_concurrent_activities=200) as client:
         server = next(p for p in psutil.Process().children(recursive=True) if "temporal" in p.name())
-        async with Worker(
-            env.client,
-            task_queue="scale",
-            workflows=[SweepWorkflow],
-            activities=SWEEP_ACTIVITIES,
-            max_concurrent_activities=200,
-        ):
-            for n in sizes:
-                spec = sweep_spec(n)
-                state = SweepState(spec=spec, options=RunOptions(storage_uri=tempfile.mkdtemp(prefix="ttrain-scale-")))
-                cpu0, srv0, t0 = time.process_time(), server.cpu_times(), time.perf_counter()
-                final = await (
-                    await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="scale")
-                ).result()
-                wall, cpu, srv1 = time.perf_counter() - t0, time.process_time() - cpu0, server.cpu_times()
-                segments = sum(len(t.results) for t in final.trials)
-                rows.append(
-                    {
-                        "trials": n,
-                        "segments": segments,
-                        "generations": final.generation + 1,
-                        "wall_s": wall,
-                        "wall_ms_per_trial": 1000 * wall / n,
-                        "worker_cpu_ms_per_trial": 1000 * cpu / n,
-                        "server_cpu_ms_per_trial": 1000 * (srv1.user + srv1.system - srv0.user - srv0.system) / n,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
+        for n in sizes:
+            cpu0, srv0, t0 = time.process_time(), server.cpu_times(), time.perf_counter()
+            final = await run_sweep(client, sweep_spec(n))
+            wall, cpu, srv1 = time.perf_counter() - t0, time.process_time() - cpu0, server.cpu_times()
+            segments = sum(len(t.results) for t in final.trials)
+            rows.append(
+                {
+                    "trials": n,
+                    "segments": segments,
+                    "generations": final.generation + 1,
+                    "wall_s": wall,
+                    "wall_ms_per_trial": 1000 * wall / n,
+                    "worker_cpu_ms_per_trial": 1000 * cpu / n,
+                    "server_cpu_ms_per_trial": 1000 * (srv1.user + srv1.system - srv0.user - srv0.system) / n,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

@@ -19,24 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from _sweeps import run_sweep, sweep_service
 
-from orchestration.activities.sweeps import SWEEP_ACTIVITIES
-from orchestration.sweeps.models import SEARCH_ATTRIBUTES, SweepSpec, SweepState
+from orchestration.sweeps.models import SweepSpec
 from orchestration.sweeps.usage import slot_usage
-from orchestration.types import RunOptions
-from orchestration.workflows.sweep import SweepWorkflow
 
 
 async def measure(trials: int, step_ms: float, concurrency: int, history_limit: int) -> dict:
-    temporal = str(Path(sys.executable).parent / "temporal")
     spec = SweepSpec.model_validate(
         {
             "id": f"util-{trials}",
@@ -50,25 +42,9 @@ async def measure(trials: int, step_ms: float, concurrency: int, history_limit: 
             "history_limit": history_limit,
         }
     )
-    async with (
-        await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal,
-            data_converter=pydantic_data_converter,
-            search_attributes=SEARCH_ATTRIBUTES,
-        ) as env,
-        Worker(
-            env.client,
-            task_queue="util",
-            workflows=[SweepWorkflow],
-            activities=SWEEP_ACTIVITIES,
-            max_concurrent_activities=concurrency * 2,
-        ),
-    ):
-        state = SweepState(spec=spec, options=RunOptions(storage_uri=tempfile.mkdtemp(prefix="ttrain-util-")))
+    async with sweep_service(max_concurrent_activities=concurrency * 2) as client:
         t0 = time.perf_counter()
-        final = await (
-            await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="util")
-        ).result()
+        final = await run_sweep(client, spec)
         wall = time.perf_counter() - t0
     usage = slot_usage(final)
     return {
