@@ -364,3 +364,25 @@ def test_an_attempt_the_previous_release_scheduled_resumes_from_the_workflows_le
     with pytest.raises(PermissionError):
         asyncio.run(env.run(_Attempt(Ray(), Settings.from_env(), TrainAttemptInput.model_validate(old_input)).run))
     assert specs[0]["resume_from_step"] == 20 and specs[0]["resume_from_uri"] == ledger[-1].uri
+
+
+def test_large_payloads_become_claim_checks_and_everything_else_passes_through(tmp_path):
+    from temporalio.api.common.v1 import Payload
+
+    from orchestration.payloads import ENCODING, ClaimCheckCodec
+
+    codec = ClaimCheckCodec(str(tmp_path), inline_max=1024)
+    small, large = Payload(data=b"x" * 100), Payload(metadata={"encoding": b"json/plain"}, data=b"y" * 5000)
+
+    async def round_trip() -> tuple[list[Payload], list[Payload]]:
+        encoded = await codec.encode([small, large])
+        return encoded, await codec.decode(encoded)
+
+    encoded, decoded = asyncio.run(round_trip())
+    assert encoded[0] == small  # below the limit, and histories recorded before the codec: untouched
+    assert encoded[1].metadata["encoding"] == ENCODING and encoded[1].ByteSize() < 200
+    assert decoded == [small, large]
+    (blob,) = (tmp_path / "payloads").iterdir()
+    blob.write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="does not match its hash"):
+        asyncio.run(codec.decode([encoded[1]]))

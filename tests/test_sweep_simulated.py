@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -42,11 +43,14 @@ def spec(**kw) -> SweepSpec:
     return SweepSpec.model_validate({**base, **kw})
 
 
-async def run_sweeps(specs: list[SweepSpec], storage: Path) -> list[tuple[SweepState, list]]:
-    """Run sweeps on a fresh dev server; returns each final state and the histories of all its runs."""
+async def run_sweeps(
+    specs: list[SweepSpec], storage: Path, converter: DataConverter = pydantic_data_converter
+) -> list[tuple[SweepState, list]]:
+    """Run sweeps on a fresh dev server; returns each final state and the histories of all its runs (as the server
+    keeps them: payloads encoded)."""
     temporal = str(Path(sys.executable).parent / "temporal")
     async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal, data_converter=pydantic_data_converter, search_attributes=SEARCH_ATTRIBUTES
+        dev_server_existing_path=temporal, data_converter=converter, search_attributes=SEARCH_ATTRIBUTES
     ) as env:
         queue = f"sweep-{uuid.uuid4().hex[:6]}"
         async with Worker(
@@ -99,6 +103,22 @@ def test_thousand_trial_ladder_sweep_keeps_history_bounded_and_promotes_correctl
     assert 3e-5 < best.params["lr"] < 3e-4  # the synthetic optimum is lr = 1e-4
     assert (tmp_path / "sweeps" / s.id / "leaderboard.png").stat().st_size > 1000
     print(f"\n1000-trial ladder sweep: {elapsed:.1f}s, {1000 * elapsed / 1000:.1f} ms per trial end to end")
+
+
+def test_a_sweep_state_past_the_payload_limit_travels_as_a_claim_check(tmp_path):
+    """Temporal refuses payloads over 2 MB: a sweep's state (every trial) would stop a sweep at ~7,000 trials. The
+    mechanism, tested with a 16 KB limit: a state many times that size continues as new, completes and is queried,
+    while no event the server keeps carries more than the limit."""
+    from orchestration.payloads import ENCODING, data_converter
+
+    s = spec(trials=300, max_concurrency=20, history_limit=400)
+    ((state, histories),) = run(run_sweeps([s], tmp_path, data_converter(str(tmp_path), inline_max=16 * 1024)))
+    assert len(state.trials) == 300 and sorted(t.index for t in state.trials) == list(range(300))
+    assert state.generation >= 2 and len(state.model_dump_json()) > 8 * 16 * 1024
+    events = [e for h in histories for e in h.events]
+    assert max(e.ByteSize() for e in events) < 20 * 1024
+    assert sum(ENCODING in e.SerializeToString() for e in events) >= state.generation  # each continue-as-new's state
+    assert len(list((tmp_path / "payloads").iterdir())) >= state.generation
 
 
 def test_same_seed_same_decisions_and_replay(tmp_path):
