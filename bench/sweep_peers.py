@@ -254,7 +254,7 @@ def early_signal(task_name: str, configs: int = 40) -> float:
         w = proxy.train_steps(task, task.init(), params, i, 0, MIN_STEPS, MAX_STEPS)
         early.append(proxy.score(task, w))
         final.append(proxy.score(task, proxy.train_steps(task, w, params, i, MIN_STEPS, MAX_STEPS, MAX_STEPS)))
-    return float(pd.Series(early).corr(pd.Series(final), method="spearman"))
+    return float(pd.Series(early).rank().corr(pd.Series(final).rank()))  # Spearman: Pearson of the ranks
 
 
 def summary(rows: list[dict], methods: list[str]) -> list[dict[str, Any]]:

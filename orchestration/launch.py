@@ -83,8 +83,9 @@ async def _start(
     return Launched(handle, True, note)
 
 
-async def _closed(handle: WorkflowHandle, timeout_s: float = 600.0) -> None:
-    """A cancelled execution closes once its attempt has let go and its Ray jobs are stopped."""
+async def _closed(handle: WorkflowHandle, timeout_s: float = 900.0) -> None:
+    """A cancelled execution closes once its attempt has let go and its Ray jobs are stopped (a sweep: once its
+    trainings have, for up to 10 minutes, `CHILDREN_CLOSE_WITHIN`)."""
 
     async def poll() -> None:
         while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:

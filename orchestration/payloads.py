@@ -4,7 +4,8 @@ Temporal refuses a payload over 2 MB (and warns from 512 KB), and keeps every pa
 state grows with its trials (~300 bytes each), so without this a sweep would stop at ~7,000 trials at its first
 continue-as-new. Every client and worker encodes through `ClaimCheckCodec`: a payload above `inline_max` bytes is
 written once, content-addressed, under `<storage>/payloads/` (every worker reads that storage anyway: it holds the
-checkpoints), and replaced by a small payload naming its SHA-256; decoding reads it back and checks the hash.
+checkpoints), and replaced by a small payload naming its URI and SHA-256; decoding reads it back from that URI
+(so a process whose own `TTRAIN_STORAGE` differs still finds it, where it can reach it) and checks the hash.
 Payloads below the limit, and those in histories recorded before the codec, pass through unchanged.
 
 What it costs: the Temporal UI and `temporal workflow show` print the reference, not the state, for the large
@@ -47,13 +48,14 @@ class ClaimCheckCodec(PayloadCodec):
         uri = storage.join(self.root, digest)
         if not await asyncio.to_thread(storage.exists, uri):  # content-addressed: the same state is written once
             await asyncio.to_thread(storage.write_bytes, uri, data)
-        return Payload(metadata={"encoding": ENCODING}, data=digest.encode())
+        return Payload(metadata={"encoding": ENCODING, "sha256": digest.encode()}, data=uri.encode())
 
     async def _claim(self, reference: Payload) -> Payload:
-        digest = reference.data.decode()
-        data = await asyncio.to_thread(storage.read_bytes, storage.join(self.root, digest))
+        """From the URI the encoder wrote, whatever this process's own storage setting is."""
+        uri, digest = reference.data.decode(), reference.metadata["sha256"].decode()
+        data = await asyncio.to_thread(storage.read_bytes, uri)
         if hashlib.sha256(data).hexdigest() != digest:
-            raise ValueError(f"payload {digest} in {self.root} does not match its hash")
+            raise ValueError(f"payload {uri} does not match its hash")
         return Payload.FromString(data)
 
 

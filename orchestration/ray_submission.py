@@ -64,9 +64,14 @@ class RaySubmission:
                 return None
             raise
 
-    def run_jobs(self, run_id: str, statuses: set[JobStatus] = LIVE) -> list[str]:
-        """Submission ids of this run's jobs in `statuses`, oldest first."""
-        return [j.submission_id for j in self._run_job_details(run_id, statuses)]
+    def run_jobs(self, run_id: str, statuses: set[JobStatus] = LIVE, incarnation: str | None = None) -> list[str]:
+        """Submission ids of this run's jobs in `statuses`, oldest first; with `incarnation`, only that one's (and
+        jobs tagged before incarnations were, which count as anyone's)."""
+        return [
+            j.submission_id
+            for j in self._run_job_details(run_id, statuses)
+            if incarnation is None or _incarnation(j, incarnation) == incarnation
+        ]
 
     def _run_job_details(self, run_id: str, statuses: set[JobStatus]) -> list:
         jobs = [
@@ -79,17 +84,17 @@ class RaySubmission:
     def find_live(self, run_id: str, hint: str | None, incarnation: str | None = None) -> str | None:
         """The job to follow instead of submitting: the one named by `hint` (the run's last attempt) if it is alive
         or finished well while nobody watched, else the newest live job this incarnation of the run submitted (it
-        has at most one). A job tagged before incarnations were (no tag) counts as this one's."""
+        has at most one)."""
         if hint is not None and self.status(hint) in {*LIVE, JobStatus.SUCCEEDED}:
             return hint
-        live = [
-            j.submission_id for j in self._run_job_details(run_id, LIVE) if _incarnation(j, incarnation) == incarnation
-        ]
+        live = self.run_jobs(run_id, LIVE, incarnation)
         return live[-1] if live else None
 
     def strangers(self, run_id: str, incarnation: str | None) -> list[str]:
         """Live jobs under the run id that another incarnation left (its stop failed, or raced its submit): only one
         execution under an id runs at a time, so nobody follows them."""
+        if incarnation is None:
+            return []
         return [
             j.submission_id for j in self._run_job_details(run_id, LIVE) if _incarnation(j, incarnation) != incarnation
         ]

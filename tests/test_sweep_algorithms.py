@@ -95,13 +95,14 @@ def test_ladder_min_mode_and_higher_rungs_first():
 
 
 def test_lenient_ladder_decides_on_arrival_as_ray_tunes_asha_does():
-    """Ray Tune's ASHAScheduler: a trial goes on unless its score is below the rung's (1 - 1/eta) percentile of the
-    results so far, itself included (np.nanpercentile([0.5, 0.6], 66.7) = 0.5667); the decision is never revisited."""
+    """Ray Tune's ASHAScheduler (`_Bracket.on_result`): a trial goes on unless its score is below the (1 - 1/eta)
+    percentile of the results the rung had before it (np.nanpercentile([0.6, 0.5], 66.7) = 0.5667); the first
+    result at a rung always goes on; the decision is never revisited."""
     ladder = Ladder(10, 90, eta=3, rule="lenient")
     ladder.record("t0", 0, 0.60)
     assert ladder.promotion() == ("t0", 1)  # the first result climbs at once (strict: only after 3 results)
-    ladder.record("t1", 0, 0.50)  # below 0.5667: stops here for good
-    ladder.record("t2", 0, 0.70)  # cutoff 0.6333: goes on
+    ladder.record("t1", 0, 0.50)  # below 0.60: stops here for good
+    ladder.record("t2", 0, 0.58)  # cutoff 0.5667 over [0.5, 0.6] (0.5867 counting itself): goes on
     assert ladder.promotion() == ("t2", 1)
     for t, s in [("t3", 0.10), ("t4", 0.20), ("t5", 0.30), ("t6", 0.40)]:
         ladder.record(t, 0, s)

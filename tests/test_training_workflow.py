@@ -68,7 +68,7 @@ class Stubs:
         return TrainAttemptResult(final_checkpoint=final, total_steps=100, ray_job_id="j")
 
     @activity.defn(name="stop_run_jobs")
-    async def stop_run_jobs(self, run_id: str) -> list[str]:
+    async def stop_run_jobs(self, run_id: str, incarnation: str | None = None) -> list[str]:
         self.stopped.append(run_id)
         return [f"{run_id}-job"]
 
@@ -171,7 +171,7 @@ class Listener:
 
 class StopFails(Stubs):
     @activity.defn(name="stop_run_jobs")
-    async def stop_run_jobs(self, run_id: str) -> list[str]:
+    async def stop_run_jobs(self, run_id: str, incarnation: str | None = None) -> list[str]:
         raise ApplicationError("the Ray Jobs API is unreachable", non_retryable=True)
 
 
@@ -188,7 +188,7 @@ def test_a_run_whose_jobs_cannot_be_stopped_still_reports_its_end():
 
 class SlowStop(Stubs):
     @activity.defn(name="stop_run_jobs")
-    async def stop_run_jobs(self, run_id: str) -> list[str]:
+    async def stop_run_jobs(self, run_id: str, incarnation: str | None = None) -> list[str]:
         await asyncio.sleep(3)  # Ray takes its time to stop a job
         self.stopped.append(run_id)
         return [f"{run_id}-job"]

@@ -30,7 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
 
 from orchestration.ledger import newest
-from orchestration.ray_submission import RaySubmission
+from orchestration.ray_submission import LIVE, RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
 from ray_jobs import storage
@@ -83,11 +83,12 @@ class TrainingActivities:
         return await _Attempt(self.ray, self.settings, inp).run()
 
     @activity.defn
-    async def stop_run_jobs(self, run_id: str) -> list[str]:
-        """Stop every live Ray job of the run and wait until each has stopped: a cancelled or failed run leaves no
-        job behind. Retried by the workflow while Ray is unreachable."""
+    async def stop_run_jobs(self, run_id: str, incarnation: str | None = None) -> list[str]:
+        """Stop every live Ray job of the run (of this incarnation of it: a late stop of a replaced run must not stop
+        its successor's job) and wait until each has stopped: a cancelled or failed run leaves no job behind.
+        Retried by the workflow while Ray is unreachable."""
         stopped = []
-        for job_id in await asyncio.to_thread(self.ray.run_jobs, run_id):
+        for job_id in await asyncio.to_thread(self.ray.run_jobs, run_id, LIVE, incarnation):
             activity.heartbeat(job_id)
             await asyncio.to_thread(self.ray.stop, job_id)
             stopped.append(job_id)
@@ -128,7 +129,9 @@ class _Attempt:
             # a submit in flight lands before the attempt ends: the workflow, told the attempt is over, lists the
             # run's jobs to stop them, and a job submitted after that list would outlive the run
             if self.in_flight:
-                await asyncio.wait(self.in_flight, timeout=SETTLE_S)
+                _, pending = await asyncio.wait(self.in_flight, timeout=SETTLE_S)
+                if pending:
+                    activity.logger.error("cancelled with %d Ray or storage calls still running", len(pending))
             details = activity.cancellation_details()
             if details is not None and details.worker_shutdown:
                 raise self._failure(
@@ -148,9 +151,11 @@ class _Attempt:
         ledger = await self._outlasting(
             _temporal_unavailable, lambda: handle.query("ledger", result_type=list[CheckpointInfo])
         )
-        self.ledger = [c for c in ledger if not c.deleted] or [self.inp.resume_from]
+        fallback = [self.inp.resume_from] if self.inp.resume_from else []
+        self.ledger = [c for c in ledger if not c.deleted] or fallback
         resume = newest(*self.ledger)
-        self.progress.step, self.progress.latest_checkpoint = resume.step, resume
+        if resume is not None:  # none yet: the run starts from 0, as the previous release would have
+            self.progress.step, self.progress.latest_checkpoint = resume.step, resume
 
     async def _heartbeat_forever(self) -> None:
         """Heartbeats on their own clock: a slow storage read or an outage being waited out is not a dead worker,

@@ -6,8 +6,8 @@ Rungs sit at min_budget * eta^k training steps. Two promotion rules:
   recorded at rung k so far, which needs at least eta results there: nobody waits for stragglers, and no trial climbs
   on a handful of results.
 - lenient (Ray Tune's `ASHAScheduler`): the decision is made once, when the result arrives: the trial goes on unless
-  its score falls below the rung's 1/eta quantile of the results so far (itself included). Early trials climb at
-  once, so the top rung is reached sooner, on less evidence.
+  its score falls below the (1 - 1/eta) quantile of the results the rung had before it. Early trials climb at once,
+  so the top rung is reached sooner, on less evidence.
 Pure and deterministic (ties go to the lower trial id), so a workflow can call it and replay the same promotions;
 the lenient rule depends on the order results arrive in, so a rebuild records them in that order.
 """
@@ -55,14 +55,17 @@ class Ladder:
             raise ValueError(f"rung {rung} outside 0..{self.top_rung}")
         if trial in self._scores[rung]:
             raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
-        self._scores[rung][trial] = score
         if self.rule == "lenient" and rung < self.top_rung and self._clears_cutoff(rung, score):
             self._passed[rung].add(trial)
+        self._scores[rung][trial] = score
         self._peeked = False
 
     def _clears_cutoff(self, rung: int, score: float) -> bool:
-        """At or above the rung's (1 - 1/eta) quantile so far (`max`; mirrored for `min`), linearly interpolated."""
+        """At or above the (1 - 1/eta) quantile, linearly interpolated, of the results the rung had before this one
+        (`max`; mirrored for `min`); the first result at a rung always goes on."""
         signed = sorted(s if self.mode == "max" else -s for s in self._scores[rung].values())
+        if not signed:
+            return True
         at = (1 - 1 / self.eta) * (len(signed) - 1)
         low = int(at)
         cutoff = signed[low] + (signed[min(low + 1, len(signed) - 1)] - signed[low]) * (at - low)

@@ -307,8 +307,9 @@ class SweepWorkflow:
         for segment_id in list(self.live):
             try:
                 await workflow.get_external_workflow_handle(segment_id).cancel()
-            except Exception as exc:  # already closed
+            except Exception as exc:  # already closed (its report lost) or never started: nothing to wait for
                 workflow.logger.info("child %s not cancelled: %s", segment_id, exc)
+                self._complete(segment_id, error=f"sweep cancelled; the run could not be: {exc}")
         if workflow.patched(CANCEL_WAITS_FOR_CHILDREN):
             try:
                 await workflow.wait_condition(lambda: not self.live, timeout=CHILDREN_CLOSE_WITHIN)

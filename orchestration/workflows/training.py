@@ -227,7 +227,10 @@ class CheckpointedTrainingWorkflow:
     async def _stop_jobs(self) -> None:
         """No Ray job outlives a cancelled or failed run, also when no attempt was running to stop it."""
         await workflow.execute_activity(
-            "stop_run_jobs", self.req.run_id, task_queue=control_queue(self.req.options.training_queue), **STOP_JOBS
+            "stop_run_jobs",
+            args=[self.req.run_id, workflow.info().first_execution_run_id],
+            task_queue=control_queue(self.req.options.training_queue),
+            **STOP_JOBS,
         )
 
     @property
