@@ -165,7 +165,7 @@ def run_tune(task_name: str, seeds: list[int], budget: int) -> list[dict]:
             )
             grid = tuner.fit()
             wall = time.perf_counter() - t0
-            last = [r.metrics for r in grid if r.metrics]  # trials that trained (not those still queued)
+            last = [r.metrics for r in grid if "steps" in (r.metrics or {})]  # trained (not those still queued)
             full = [m["accuracy"] for m in last if m.get("steps") == MAX_STEPS]
             steps = sum(int(m.get("steps", 0)) for m in last)
             rows.append(row(PEERS[0], task_name, seed, max(full, default=None), len(last), steps, wall))
