@@ -77,7 +77,9 @@ def ttrain_spec(method: str, task: str, seed: int, budget: int) -> SweepSpec:
 
 
 async def run_ttrain(methods: list[str], task: str, seeds: list[int], budget: int) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
+    if not methods:
+        return rows
     async with sweep_service(max_concurrent_activities=CONCURRENCY) as client:
         await run_sweep(client, ttrain_spec(methods[0], task, 999, MAX_STEPS))  # warm: the worker, the dataset
         for seed in seeds:
