@@ -8,14 +8,16 @@ activities meet real faults in `test_faults.py`); Temporal's time-skipping test 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio import activity, workflow
-from temporalio.client import WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -73,8 +75,9 @@ class Stubs:
         return [f"{run_id}-job"]
 
 
-async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None = None, reports: bool = False) -> Any:
-    """With `reports`, the run reports its end to a `Listener` (as to a sweep); the report lands in `stubs.report`."""
+@contextlib.asynccontextmanager
+async def stub_stack(stubs: Stubs, *workflows: type) -> AsyncIterator[Client]:
+    """A time-skipping server, the workflows and the stand-in activities on queue `q` and its control queue."""
     async with (
         await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
@@ -82,12 +85,18 @@ async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None 
         Worker(
             env.client,
             task_queue="q",
-            workflows=[CheckpointedTrainingWorkflow, Listener],
+            workflows=[CheckpointedTrainingWorkflow, *workflows],
             activities=[stubs.create_snapshot, stubs.train],
         ),
         Worker(env.client, task_queue=control_queue("q"), activities=[stubs.stop_run_jobs]),
     ):
-        listener = await env.client.start_workflow(Listener.run, id="sweep", task_queue="q") if reports else None
+        yield env.client
+
+
+async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None = None, reports: bool = False) -> Any:
+    """With `reports`, the run reports its end to a `Listener` (as to a sweep); the report lands in `stubs.report`."""
+    async with stub_stack(stubs, Listener) as client:
+        listener = await client.start_workflow(Listener.run, id="sweep", task_queue="q") if reports else None
         opts = RunOptions(storage_uri="/s", training_queue="q", max_failures_without_progress=limit)
         req = TrainingRequest(
             run_id=f"r-{uuid.uuid4().hex[:6]}",
@@ -95,7 +104,7 @@ async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None 
             options=opts,
             report_to=listener.id if listener else None,
         )
-        handle = await env.client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q")
+        handle = await client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q")
         if cancel_after is not None:
             await asyncio.sleep(cancel_after)
             await handle.cancel()
@@ -213,29 +222,18 @@ def test_a_cancelled_sweep_closes_after_its_trainings_so_replace_can_reuse_their
     )
 
     async def go() -> list[WorkflowExecutionStatus]:
-        async with (
-            await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
-            ) as env,
-            Worker(
-                env.client,
-                task_queue="q",
-                workflows=[SweepWorkflow, CheckpointedTrainingWorkflow],
-                activities=[stubs.create_snapshot, stubs.train],
-            ),
-            Worker(env.client, task_queue=control_queue("q"), activities=[stubs.stop_run_jobs]),
-        ):
+        async with stub_stack(stubs, SweepWorkflow) as client:
             state = SweepState(
                 spec=spec, options=RunOptions(storage_uri="/s", training_queue="q"), search_attributes=False
             )
-            handle = await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="q")
+            handle = await client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="q")
             while len(stubs.attempts) < 2:
                 await asyncio.sleep(0.2)
             await handle.cancel()
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
             children = [f"{spec.id}-t{i:04d}-r0" for i in range(2)]
-            return [(await env.client.get_workflow_handle(c).describe()).status for c in children]
+            return [(await client.get_workflow_handle(c).describe()).status for c in children]
 
     assert run(go()) == [WorkflowExecutionStatus.CANCELED] * 2
     assert len(stubs.stopped) == 2
