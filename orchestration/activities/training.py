@@ -167,13 +167,15 @@ class _Attempt:
 
     async def _start(self) -> str:
         info = activity.info()
-        job_id = await self._patiently(self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id, self.incarnation)
+        job_id = await self._patiently(
+            self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id, self.inp.incarnation
+        )
         reattached = job_id is not None
         if job_id is None and self.inp.reattach_job_id is not None:
             # the last job ended while nobody watched (a worker gap): what it committed meanwhile is the run's newest
             await self._mirror_checkpoints(self.inp.reattach_job_id)
         if job_id is None:
-            for stranger in await self._patiently(self.ray.strangers, self.inp.run_id, self.incarnation):
+            for stranger in await self._patiently(self.ray.strangers, self.inp.run_id, self.inp.incarnation):
                 activity.logger.warning(
                     "stopping Ray job %s, left under %s by an earlier run", stranger, info.workflow_id
                 )
@@ -210,7 +212,7 @@ class _Attempt:
             resume_from_step=resume.step if resume else 0,
             stop_at_step=self.inp.stop_at_step,
         )
-        submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python, self.incarnation)
+        submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python, self.inp.incarnation)
 
     async def _follow(self, job_id: str) -> TrainAttemptResult:
         """Until the job ends. A job that has not trained a step yet is starting (its Train workers wait for a node,
@@ -346,10 +348,6 @@ class _Attempt:
             self.progress.waiting = None
             self.outage_ended = time.monotonic()
         return result
-
-    @property
-    def incarnation(self) -> str | None:
-        return self.inp.incarnation
 
     async def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
         """A blocking Ray or storage call, in a thread, outlasting outages of either. A cancel does not abandon the
