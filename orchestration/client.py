@@ -14,4 +14,6 @@ async def connect(settings: Settings | None = None) -> Client:
     settings = settings or Settings.from_env()
     connect_config = ClientConfigProfile.load().to_client_connect_config()
     connect_config.setdefault("target_host", settings.temporal_address)
-    return await Client.connect(**connect_config, data_converter=data_converter(settings.storage_uri))
+    return await Client.connect(
+        **connect_config, data_converter=data_converter(settings.storage_uri, settings.payload_inline_max)
+    )

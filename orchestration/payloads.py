@@ -1,7 +1,7 @@
-"""Large payloads travel as claim checks: the bytes go to the run storage, Temporal carries their hash.
+"""Large payloads travel as claim checks: the bytes go to the run storage, Temporal carries their URI and hash.
 
 Temporal refuses a payload over 2 MB (and warns from 512 KB), and keeps every payload in the history. A sweep's
-state grows with its trials (~300 bytes each), so without this a sweep would stop at ~7,000 trials at its first
+state grows with its trials (~400 bytes each), so without this a sweep would stop at ~5,000 trials at its first
 continue-as-new. Every client and worker encodes through `ClaimCheckCodec`: a payload above `inline_max` bytes is
 written once, content-addressed, under `<storage>/payloads/` (every worker reads that storage anyway: it holds the
 checkpoints), and replaced by a small payload naming its URI and SHA-256; decoding reads it back from that URI
@@ -18,17 +18,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import os
 from collections.abc import Sequence
 
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
 
+from orchestration.settings import INLINE_MAX
 from ray_jobs import storage
 
 ENCODING = b"binary/ttrain-claim-check"
-INLINE_MAX = int(os.environ.get("TTRAIN_PAYLOAD_INLINE_MAX", 256 * 1024))  # bytes
 
 
 class ClaimCheckCodec(PayloadCodec):

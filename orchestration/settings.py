@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 ADDRESSES_FILE = "addresses.json"
+INLINE_MAX = 256 * 1024  # Temporal warns from 512 KB and refuses 2 MB
 
 
 class Settings(BaseModel):
@@ -24,6 +25,7 @@ class Settings(BaseModel):
     orchestration_queue: str
     ray_python: str
     max_concurrent_trainings: int
+    payload_inline_max: int  # bytes; larger payloads travel as claim checks (`orchestration.payloads`)
     ray_node_ip: str | None = None  # `ttrain up`'s Ray head serves other machines at this address (default: none)
 
     @property
@@ -52,5 +54,6 @@ class Settings(BaseModel):
             orchestration_queue=env.get("TTRAIN_ORCHESTRATION_QUEUE", "ttrain-orchestration"),
             ray_python=env.get("TTRAIN_RAY_PYTHON", "python"),
             max_concurrent_trainings=int(env.get("TTRAIN_MAX_CONCURRENT_TRAININGS", "4")),
+            payload_inline_max=int(env.get("TTRAIN_PAYLOAD_INLINE_MAX", INLINE_MAX)),
             ray_node_ip=env.get("TTRAIN_RAY_NODE_IP") or None,
         )

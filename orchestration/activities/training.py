@@ -353,14 +353,14 @@ class _Attempt:
         """A blocking Ray or storage call, in a thread, outlasting outages of either. A cancel does not abandon the
         thread: the call is shielded and tracked, for `run` to let it land."""
 
-        async def in_thread() -> T:
+        async def shielded() -> T:
             call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
             self.in_flight.add(call)
             call.add_done_callback(self.in_flight.discard)
             return await asyncio.shield(call)
 
         try:
-            return await self._outlasting(_transient, in_thread)
+            return await self._outlasting(_transient, shielded)
         except OSError as exc:
             if not _transient(exc):
                 raise

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 
 class Ladder:
     def __init__(
@@ -63,13 +65,10 @@ class Ladder:
     def _clears_cutoff(self, rung: int, score: float) -> bool:
         """At or above the (1 - 1/eta) quantile, linearly interpolated, of the results the rung had before this one
         (`max`; mirrored for `min`); the first result at a rung always goes on."""
-        signed = sorted(s if self.mode == "max" else -s for s in self._scores[rung].values())
+        signed = [s if self.mode == "max" else -s for s in self._scores[rung].values()]
         if not signed:
             return True
-        at = (1 - 1 / self.eta) * (len(signed) - 1)
-        low = int(at)
-        cutoff = signed[low] + (signed[min(low + 1, len(signed) - 1)] - signed[low]) * (at - low)
-        return (score if self.mode == "max" else -score) >= cutoff
+        return (score if self.mode == "max" else -score) >= np.percentile(signed, 100 * (1 - 1 / self.eta))
 
     def mark_promoted(self, trial: str, rung: int) -> None:
         """Rebuilding from a saved state: `trial` already went up from `rung`."""
