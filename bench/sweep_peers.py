@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import tempfile
 import threading
@@ -31,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from _sweeps import run_sweep, sweep_service
 
 from orchestration.sweeps import proxy
 from orchestration.sweeps.models import SweepSpec
+from orchestration.sweeps.space import SearchSpace
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -245,14 +246,10 @@ def run_optuna(task_name: str, seeds: list[int], budget: int) -> list[dict]:
 
 def early_signal(task_name: str, configs: int = 40) -> float:
     """Spearman correlation between held-out accuracy at the first rung and at the full budget, random configs."""
-    task, rng = proxy.task(task_name), np.random.default_rng(0)
+    task, space = proxy.task(task_name), SearchSpace.model_validate({"params": SPACE})
     early, final = [], []
     for i in range(configs):
-        params = {
-            "lr": float(np.exp(rng.uniform(np.log(1e-4), np.log(1.0)))),
-            "weight_decay": float(np.exp(rng.uniform(np.log(1e-6), np.log(1e-2)))),
-            "batch_size": int(rng.choice([16, 32, 64])),
-        }
+        params = space.sample(random.Random(i))  # as a random sweep draws trial i
         w = proxy.train_steps(task, task.init(), params, i, 0, MIN_STEPS, MAX_STEPS)
         early.append(proxy.score(task, w))
         final.append(proxy.score(task, proxy.train_steps(task, w, params, i, MIN_STEPS, MAX_STEPS, MAX_STEPS)))
