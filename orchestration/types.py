@@ -73,6 +73,10 @@ class TrainingRequest(Model):
     options: RunOptions
     resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
     stop_at_step: int | None = Field(default=None, ge=1, description="train only up to here (a ladder rung)")
+    park_s: float = Field(default=0.0, ge=0.0, description="at stop_at_step, the job waits this long for a promotion")
+    warm_job_id: str | None = Field(
+        default=None, description="the Ray job that committed resume_from: if it waits there still, train on in it"
+    )
     carried: RunCarry | None = Field(default=None, description="the run so far, handed over by continue-as-new")
     report_to: Identifier | None = Field(
         default=None, description="a workflow (a sweep) told how the run ended, by a `run_finished` signal"
@@ -95,7 +99,9 @@ class TrainAttemptInput(Model):
     options: RunOptions
     checkpoints: list[CheckpointInfo] = Field(default_factory=list)
     stop_at_step: int | None = None
+    park_s: float = 0.0
     reattach_job_id: str | None = None
+    warm_job_id: str | None = None  # first attempt of a promoted segment: the job parked at its rung checkpoint
     previous: Progress | None = None
     attempt: int = 1
     # the first execution's run id: the same across continue-as-new, new when the id is run again or replaced

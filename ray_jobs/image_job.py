@@ -51,7 +51,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     heldout = tuple(t[rank::world] for t in image_data.load_split(spec.snapshot_uri, "heldout"))
     steps_per_epoch = n_train // cfg.batch_size
     steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    stop = min(steps, spec.stop_at_step or steps)
+    segment = job_runner.Segment(spec, steps)
     eval_every = cfg.eval_every_steps or steps_per_epoch
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -78,7 +78,8 @@ def train_loop_per_worker(spec_json: dict) -> None:
     loss = torch.zeros((), device=device)
     ddp.train()
     window_start = time.perf_counter()
-    for step in range(start_step, stop):
+    step = start_step
+    while step < segment.stop:
         idx = sampling.step_rows(n_train, cfg.seed, step, cfg.batch_size, rank, world)
         idx = idx.to(device)
         x = train_x[idx]
@@ -93,12 +94,14 @@ def train_loop_per_worker(spec_json: dict) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        done, window_steps = step + 1, window_steps + 1
+        step = done = step + 1
+        window_steps += 1
         guard.observe(loss, done)
+        rung_end = done == segment.stop
         warmup_over = done - start_step == WARMUP_STEPS
-        checkpoint_due = done % cfg.checkpoint_every_steps == 0 or done == stop
-        eval_due = done % eval_every == 0 or done == stop
-        progress_due = rank == 0 and progress.due(done == stop)
+        checkpoint_due = done % cfg.checkpoint_every_steps == 0 or rung_end
+        eval_due = done % eval_every == 0 or rung_end
+        progress_due = rank == 0 and progress.due(rung_end)
         guard_due = guard.due(done, checkpoint_due)
         if not (warmup_over or checkpoint_due or eval_due or progress_due or guard_due):
             continue  # no host sync between these points: the GPU runs ahead
@@ -133,7 +136,9 @@ def train_loop_per_worker(spec_json: dict) -> None:
             if reached_at is not None:
                 metrics["time_to_target_s"] = reached_at
             job_runner.report(spec, metrics, rank, _weights_saver(model), optimizer, scheduler)
-        window_start = time.perf_counter()
+        if rung_end:
+            segment.await_promotion(rank, device)
+        window_start = time.perf_counter()  # the time spent waiting for a promotion is not training time
 
 
 def _optimizer(model: torch.nn.Module, cfg: ImageTrainConfig) -> torch.optim.Optimizer:

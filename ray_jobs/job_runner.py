@@ -25,6 +25,7 @@ from ray.exceptions import RayError
 from ray_jobs import checkpointing, storage
 from ray_jobs.outcome import (
     OUTCOME_FILE,
+    PARKED_FILE,
     PROGRESS_FILE,
     CommittedCheckpoint,
     DeterministicJobError,
@@ -32,12 +33,16 @@ from ray_jobs.outcome import (
     InvalidJobInput,
     JobOutcome,
     JobProgress,
+    Parked,
+    Promotion,
     commit_record_uri,
     job_dir,
+    promotion_uri,
 )
 from ray_jobs.specs import JobSpec
 
 PROGRESS_EVERY_S = 2.0
+PROMOTION_POLL_S = 0.2
 log = logging.getLogger("ttrain.job")
 
 
@@ -60,6 +65,54 @@ def resume_checkpoint(spec: JobSpec) -> tuple[ray.train.Checkpoint | None, int]:
 def checkpoint_step(checkpoint: ray.train.Checkpoint) -> int:
     with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{checkpointing.STATE_FILE}") as f:
         return int(json.loads(f.read())["step"])
+
+
+class Segment:
+    """Where the job stops training: at the spec's stop (a ladder rung), or further when a promotion reaches the job
+    while it waits there (`JobSpec.park_s`). Going on in place keeps the process, the worker group, the model and the
+    optimizer in memory: a promotion costs a poll instead of a new Ray job (~20 s to the first step here), and the
+    weights are the ones a cold resume would load from the rung checkpoint, so the run trains the same either way."""
+
+    def __init__(self, spec: JobSpec, total: int) -> None:
+        self.spec, self.total = spec, total
+        self.stop = min(total, spec.stop_at_step or total)
+        self.park_s = spec.park_s
+
+    def await_promotion(self, rank: int, device: torch.device) -> bool:
+        """Every rank calls this once the checkpoint at `stop` is committed; True: `stop` moved, train on to it.
+        Rank 0 waits for the promotion and tells the others (a collective), so all ranks go on or leave together."""
+        if self.park_s <= 0 or self.stop >= self.total:
+            return False
+        decision = torch.tensor([self.stop, 0], dtype=torch.int64, device=device)  # the next stop, its park in ms
+        if rank == 0 and (promotion := self._wait_for_promotion()) is not None:
+            decision[0] = min(self.total, promotion.stop_at_step or self.total)
+            decision[1] = round(promotion.park_s * 1000)
+        if dist.is_initialized():
+            dist.broadcast(decision, src=0)
+        stop, park_ms = decision.tolist()
+        if stop <= self.stop:
+            return False
+        self.stop, self.park_s = stop, park_ms / 1000
+        return True
+
+    def _wait_for_promotion(self) -> Promotion | None:
+        job_uri = job_dir(run_dir(self.spec), self.spec.ray_job_id)
+        parked_uri = storage.join(job_uri, PARKED_FILE)
+        offer_uri = promotion_uri(run_dir(self.spec), self.spec.ray_job_id, self.stop)
+        until = time.time() + self.park_s
+        promotion = None
+        try:
+            storage.write_json(parked_uri, Parked(step=self.stop, until=until).model_dump(mode="json"))
+            while promotion is None and time.time() < until:
+                time.sleep(PROMOTION_POLL_S)
+                if storage.exists(offer_uri):
+                    promotion = Promotion.model_validate(storage.read_json(offer_uri))
+            state = "promoted" if promotion is not None else "left"
+            storage.write_json(parked_uri, Parked(step=self.stop, until=until, state=state).model_dump(mode="json"))
+        except (OSError, ValueError) as exc:  # storage failing: leave; a promotion then resumes from the checkpoint
+            log.warning("waiting for a promotion failed (%s): the job ends here", exc)
+            return None
+        return promotion
 
 
 class ProgressWriter:

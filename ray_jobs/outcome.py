@@ -2,8 +2,9 @@
 
 Each Ray job owns one directory, `<runs root>/<run id>/<ray job id>/`: Ray Train commits the job's checkpoints there
 (the Ray Train run is named after the job, so a new job never inherits an older job's checkpoints), and the job
-writes `progress.json` (its step between checkpoints) and, when it ends, `outcome.json`. Both are pydantic models,
-written by the job and read by the activity, so neither side guesses at the other's keys.
+writes `progress.json` (its step between checkpoints), `parked.json` (it waits at a ladder rung for a promotion)
+and, when it ends, `outcome.json`. The one file the activity writes there is a `Promotion`. All are pydantic models,
+so neither side guesses at the other's keys.
 
 Failures a rerun would only repeat are raised on purpose as `DeterministicJobError` subclasses; the activity fails
 the run at once on those, by type, and retries everything else.
@@ -19,6 +20,8 @@ from ray_jobs import storage
 
 PROGRESS_FILE = "progress.json"
 OUTCOME_FILE = "outcome.json"
+PARKED_FILE = "parked.json"
+PROMOTIONS_DIR = "promotions"
 COMMITS_DIR = "commits"  # one record per checkpoint the job committed, written once its upload has finished
 
 
@@ -73,6 +76,23 @@ class JobOutcome(_Wire):
     from_training_code: bool = False
 
 
+class Parked(_Wire):
+    """The job committed its rung checkpoint at `step` and waits there until `until` (epoch seconds) for a
+    promotion; rewritten when it goes on (`promoted`) or leaves (`left`). A promoted segment's activity hands a
+    `waiting` job its next stop instead of starting a new job."""
+
+    step: int
+    until: float
+    state: Literal["waiting", "promoted", "left"] = "waiting"
+
+
+class Promotion(_Wire):
+    """Train on from the parked step to `stop_at_step` (None: the whole run), then wait `park_s` there again."""
+
+    stop_at_step: int | None = None
+    park_s: float = 0.0
+
+
 def job_dir(run_uri: str, ray_job_id: str) -> str:
     return storage.join(run_uri, ray_job_id)
 
@@ -91,6 +111,18 @@ def read_outcome(run_uri: str, ray_job_id: str) -> JobOutcome | None:
         return JobOutcome.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), OUTCOME_FILE)))
     except (OSError, ValueError):
         return None
+
+
+def read_parked(run_uri: str, ray_job_id: str) -> Parked | None:
+    try:
+        return Parked.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), PARKED_FILE)))
+    except (OSError, ValueError):
+        return None
+
+
+def promotion_uri(run_uri: str, ray_job_id: str, step: int) -> str:
+    """One file per parked step: a promotion meant for an earlier rung is never read as the next one's."""
+    return storage.join(job_dir(run_uri, ray_job_id), PROMOTIONS_DIR, f"step_{step:08d}.json")
 
 
 def commit_record_uri(run_uri: str, ray_job_id: str, step: int) -> str:

@@ -204,3 +204,6 @@ class JobSpec(Strict):
     stop_at_step: int | None = Field(
         default=None, ge=1, description="end this job here (a ladder rung); the LR schedule still spans max_steps"
     )
+    park_s: float = Field(
+        default=0.0, ge=0.0, description="at stop_at_step, wait this long for a promotion before the job ends"
+    )

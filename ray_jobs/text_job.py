@@ -52,7 +52,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     )
     n_train = len(train["labels"])
     steps, steps_per_epoch = total_steps(spec, n_train)
-    stop = min(steps, spec.stop_at_step or steps)
+    segment = job_runner.Segment(spec, steps)
 
     resume, start_step = job_runner.resume_checkpoint(spec)
     torch.manual_seed(cfg.seed)
@@ -81,7 +81,8 @@ def train_loop_per_worker(spec_json: dict) -> None:
     guard = job_runner.DivergenceGuard(device)
     loss_value = float("nan")
     model.train()
-    for step in range(start_step, stop):
+    step = start_step
+    while step < segment.stop:
         idx = sampling.step_rows(n_train, cfg.seed, step, cfg.batch_size, rank, world)
         assert len(idx) == per_worker
         batch = {k: v.to(device) for k, v in text_data.trim_padding({k: v[idx] for k, v in train.items()}).items()}
@@ -94,12 +95,13 @@ def train_loop_per_worker(spec_json: dict) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.detach().float().item()
-        done = step + 1
+        step = done = step + 1
         guard.observe(loss, done)
-        checkpoint_due = done % cfg.checkpoint_every_steps == 0 or done == stop
+        rung_end = done == segment.stop
+        checkpoint_due = done % cfg.checkpoint_every_steps == 0 or rung_end
         if guard.due(done, checkpoint_due):
             guard.check()
-        if rank == 0 and progress.due(done == stop):
+        if rank == 0 and progress.due(rung_end):
             progress.write(done, steps, loss_value)
         if checkpoint_due:
             metrics = {
@@ -108,10 +110,12 @@ def train_loop_per_worker(spec_json: dict) -> None:
                 "loss": loss_value,
                 "total_steps": steps,
             }
-            if done == stop:
+            if rung_end:
                 metrics |= _evaluate(model, tokenizer, spec, regression, device, bf16)
             job_runner.report(spec, metrics, rank, _weights_saver(model, tokenizer), optimizer, scheduler)
             model.train()
+        if rung_end:
+            segment.await_promotion(rank, device)
 
 
 def _optimizer(model, cfg, steps: int):

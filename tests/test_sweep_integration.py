@@ -1,5 +1,10 @@
-"""A real ladder sweep on the real stack, with both workers SIGKILLed mid-way: the sweep continues from its last
-decision, trials resume from their checkpoints, the promoted trial continues from its rung checkpoint."""
+"""Real ladder sweeps on the real stack.
+
+- both workers SIGKILLed mid-way: the sweep continues from its last decision, trials resume from their
+  checkpoints, the promoted trial continues from its rung checkpoint;
+- a warm promotion: the trial's job waits at its rung, the promotion trains on in that same Ray job and worker
+  group, and SIGKILLing its Train worker after the promotion resumes from the rung checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from orchestration.types import RunOptions, RunStatus
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from tests.helpers import assert_one_line_error, run, tiny_config, wait_until
+from tests.test_crash_recovery import train_worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +87,58 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
     assert all((runs / t.run_id).exists() for t in state.trials if t is not best)
     assert (Path(stack.storage_uri) / "sweeps" / "it-sweep" / "leaderboard.png").exists()
     assert state.gpu_hours > 0  # worker-hours of the real segments, what a max_gpu_hours budget counts
+
+
+def test_a_promotion_trains_on_in_the_waiting_job_and_a_kill_after_it_resumes_from_the_rung_checkpoint(stack):
+    """Lenient rule, one trial: its first result at rung 0 is promoted at once, while its job waits at step 10. The
+    only checkpoints are the rungs' (10, 90), so a kill between them can only resume from the rung checkpoint."""
+    base = tiny_config(dataset={"max_rows": 300}, max_steps=None, checkpoint_every_steps=1000)
+    spec = SweepSpec(
+        id="it-warm",
+        strategy="ladder",
+        ladder={"min_steps": 10, "max_steps": 90, "eta": 9, "rule": "lenient", "promotion_wait_s": 60},
+        space={"params": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}},
+        base=base,
+        trials=1,
+        max_concurrency=1,
+        seed=3,
+    )
+    options = RunOptions(storage_uri=stack.storage_uri, training_queue=stack.training_queue, heartbeat_timeout_s=5)
+
+    async def go() -> tuple[SweepState, RunStatus, RunStatus, list[int], list[int]]:
+        client = await connect(stack)
+        handle = await client.start_workflow(
+            SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=stack.orchestration_queue
+        )
+
+        async def started(workflow_id: str) -> RunStatus | None:
+            try:
+                s = await client.get_workflow_handle(workflow_id).query(CheckpointedTrainingWorkflow.status)
+            except Exception:
+                return None
+            return s if s.attempts else None
+
+        rung0 = await wait_until(lambda: started("it-warm-t0000-r0"), 120, "the rung-0 job")
+        job = rung0.attempts[0].ray_job_id
+        before = await wait_until(lambda: train_worker_pids(stack, job), 120, "the rung-0 job's Train worker")
+        await wait_until(lambda: started("it-warm-t0000-r1"), 180, "the promotion", interval=0.1)
+        after = train_worker_pids(stack, job)
+        for pid in after:  # between the rungs: no checkpoint but the rung's to resume from
+            os.kill(pid, signal.SIGKILL)
+        state = await handle.result()
+        return state, rung0, await started("it-warm-t0000-r1"), before, after
+
+    state, rung0, rung1, before, after = run(go())
+    assert rung1.state == "completed" and rung1.step == 90
+    first, retry = rung1.attempts
+    assert first.ray_job_id == rung0.attempts[0].ray_job_id and first.reattached  # the same Ray job went on
+    assert first.resumed_from_step == 10
+    assert after == before  # the same worker group: no new Train worker was started for the promotion
+    assert not retry.reattached and retry.ray_job_id != first.ray_job_id
+    assert retry.resumed_from_step == 10  # killed after the promotion: resumed from the rung checkpoint
+    assert [c.step for c in rung1.checkpoints] == [10, 90]
+    (trial,) = state.trials
+    assert [r.steps for r in trial.results] == [10, 90] and trial.state == "completed"
 
 
 def _closed(handle):

@@ -24,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from orchestration.types import (
+    AttemptStarted,
     DatasetSnapshot,
     RunOptions,
     RunReport,
@@ -47,6 +48,7 @@ class Stubs:
         self.script = script
         self.attempts: list[TrainAttemptInput] = []
         self.stopped: list[str] = []
+        self.adopted: list[str] = []
 
     @activity.defn(name="create_snapshot")
     async def create_snapshot(self, req: SnapshotRequest) -> DatasetSnapshot:
@@ -56,10 +58,14 @@ class Stubs:
     async def train(self, inp: TrainAttemptInput) -> TrainAttemptResult:
         self.attempts.append(inp)
         step = self.script[min(len(self.attempts), len(self.script)) - 1]
+        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+        if step == "hang-in-warm-job":  # the attempt took over the job parked at the rung: it trains on in it
+            started = AttemptStarted(ray_job_id=inp.warm_job_id, attempt=1, reattached=True, resumed_from_step=10)
+            await handle.signal("attempt_started", started)
+            step = "hang"
         while step == "hang":  # until cancelled, heartbeating as a real attempt does (cancels arrive with them)
             activity.heartbeat()
             await asyncio.sleep(0.2)
-        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
         if isinstance(step, int):  # commit a checkpoint at this step, then fail
             await handle.signal("checkpoint_committed", checkpoint(step, total_steps=100.0))
             raise ApplicationError("Ray job ended FAILED: node lost", type="RayJobFailed")
@@ -70,8 +76,11 @@ class Stubs:
         return TrainAttemptResult(final_checkpoint=final, total_steps=100, ray_job_id="j")
 
     @activity.defn(name="stop_run_jobs")
-    async def stop_run_jobs(self, run_id: str, incarnation: str | None = None) -> list[str]:
+    async def stop_run_jobs(
+        self, run_id: str, incarnation: str | None = None, adopted: list[str] | None = None
+    ) -> list[str]:
         self.stopped.append(run_id)
+        self.adopted.extend(adopted or [])
         return [f"{run_id}-job"]
 
 
@@ -93,8 +102,11 @@ async def stub_stack(stubs: Stubs, *workflows: type) -> AsyncIterator[Client]:
         yield env.client
 
 
-async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None = None, reports: bool = False) -> Any:
-    """With `reports`, the run reports its end to a `Listener` (as to a sweep); the report lands in `stubs.report`."""
+async def run_workflow(
+    stubs: Stubs, limit: int = 3, cancel_after: float | None = None, reports: bool = False, warm: str | None = None
+) -> Any:
+    """With `reports`, the run reports its end to a `Listener` (as to a sweep); the report lands in `stubs.report`.
+    With `warm`, it is a promoted segment whose rung checkpoint that Ray job committed."""
     async with stub_stack(stubs, Listener) as client:
         listener = await client.start_workflow(Listener.run, id="sweep", task_queue="q") if reports else None
         opts = RunOptions(storage_uri="/s", training_queue="q", max_failures_without_progress=limit)
@@ -103,6 +115,9 @@ async def run_workflow(stubs: Stubs, limit: int = 3, cancel_after: float | None 
             config=tiny_config(),
             options=opts,
             report_to=listener.id if listener else None,
+            resume_from=checkpoint(10) if warm else None,
+            stop_at_step=30 if warm else None,
+            warm_job_id=warm,
         )
         handle = await client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q")
         if cancel_after is not None:
@@ -176,6 +191,15 @@ class Listener:
     @workflow.signal
     def run_finished(self, report: RunReport) -> None:
         self.report = report
+
+
+def test_a_cancelled_run_stops_the_job_it_took_over_at_a_warm_promotion():
+    """That job was submitted by the segment before (another incarnation): only the run knows it adopted it."""
+    stubs = Stubs(["hang-in-warm-job"])
+    with pytest.raises(WorkflowFailureError):
+        run(run_workflow(stubs, cancel_after=3, warm="rung-0-job"))
+    assert stubs.attempts[0].warm_job_id == "rung-0-job" and stubs.attempts[0].stop_at_step == 30
+    assert stubs.status.state == "cancelled" and stubs.adopted == ["rung-0-job"]
 
 
 class StopFails(Stubs):

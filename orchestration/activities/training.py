@@ -8,6 +8,10 @@ running job's Ray Train run deletes itself), heartbeats progress, and
 fails retryably when the step stops advancing. An unreachable Ray Jobs API or Temporal server is waited out inside
 the attempt, visibly (`ttrain status` shows what is waited for, and since when), for up to `cluster_wait_s`.
 
+A ladder segment's job that reaches its rung waits there (`park_s`) after committing the rung checkpoint: the attempt
+returns the rung's result at once, and if the trial is promoted meanwhile, the next segment's first attempt hands
+that job its new stop (a `Promotion`) and follows it, instead of paying for a new job and worker group.
+
 Leaving is not stopping: a worker shutdown (a deploy), a heartbeat timeout or a stale attempt leaves the Ray job
 running for the next attempt to reattach. Only the workflow stops a run's jobs (`stop_run_jobs`), when the run is
 cancelled or has failed for good.
@@ -34,7 +38,16 @@ from orchestration.ray_submission import LIVE, RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
 from ray_jobs import storage
-from ray_jobs.outcome import CommittedCheckpoint, commit_record_uri, read_commits, read_outcome, read_progress
+from ray_jobs.outcome import (
+    CommittedCheckpoint,
+    Promotion,
+    commit_record_uri,
+    promotion_uri,
+    read_commits,
+    read_outcome,
+    read_parked,
+    read_progress,
+)
 from ray_jobs.specs import JobSpec
 
 JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job"}  # by config kind
@@ -43,6 +56,8 @@ T = TypeVar("T")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its log prefixes
 LAST_LINE_CHARS = 300
 SETTLE_S = 60.0  # bounds the wait for calls in flight at a cancel: a submit is two requests of at most 10 s each
+END_POLL_S = 0.25  # at the segment's last step: its result is what the sweep waits for to decide
+PROMOTION_MARGIN_S = 2.0  # a parked job this close to leaving is not offered a promotion: it might not see it
 
 
 def runs_root(storage_uri: str) -> str:
@@ -83,12 +98,16 @@ class TrainingActivities:
         return await _Attempt(self.ray, self.settings, inp).run()
 
     @activity.defn
-    async def stop_run_jobs(self, run_id: str, incarnation: str | None = None) -> list[str]:
+    async def stop_run_jobs(
+        self, run_id: str, incarnation: str | None = None, adopted: list[str] | None = None
+    ) -> list[str]:
         """Stop every live Ray job of the run (of this incarnation of it: a late stop of a replaced run must not stop
-        its successor's job) and wait until each has stopped: a cancelled or failed run leaves no job behind.
-        Retried by the workflow while Ray is unreachable."""
+        its successor's job; plus the jobs it `adopted` from the segment before, by warm promotion) and wait until
+        each has stopped: a cancelled or failed run leaves no job behind. Retried while Ray is unreachable."""
+        own = await asyncio.to_thread(self.ray.run_jobs, run_id, LIVE, incarnation)
+        others = [j for j in adopted or [] if j not in own and await asyncio.to_thread(self.ray.status, j) in LIVE]
         stopped = []
-        for job_id in await asyncio.to_thread(self.ray.run_jobs, run_id, LIVE, incarnation):
+        for job_id in own + others:
             activity.heartbeat(job_id)
             await asyncio.to_thread(self.ray.stop, job_id)
             stopped.append(job_id)
@@ -103,6 +122,10 @@ def _transient(exc: BaseException) -> bool:
 
 def _temporal_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, RPCError) and exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNKNOWN)
+
+
+class _LeftBeforePromotion(Exception):
+    """The parked job left at its deadline just as the promotion was written, and ended where it was."""
 
 
 class _Attempt:
@@ -124,7 +147,11 @@ class _Attempt:
             if not self.ledger and (self.inp.resume_from is not None or activity.info().attempt > 1):
                 await self._ledger_of_a_previous_release()
             job_id = await self._start()
-            return await self._follow(job_id)
+            try:
+                return await self._follow(job_id)
+            except _LeftBeforePromotion:  # it left as the promotion was written: resume from the rung checkpoint
+                self.inp.warm_job_id = None
+                return await self._follow(await self._start())
         except asyncio.CancelledError:
             # a submit in flight lands before the attempt ends: the workflow, told the attempt is over, lists the
             # run's jobs to stop them, and a job submitted after that list would outlive the run
@@ -167,9 +194,11 @@ class _Attempt:
 
     async def _start(self) -> str:
         info = activity.info()
-        job_id = await self._patiently(
-            self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id, self.inp.incarnation
-        )
+        job_id = await self._patiently(self._promote, self.inp.warm_job_id) if self.inp.warm_job_id else None
+        if job_id is None:
+            job_id = await self._patiently(
+                self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id, self.inp.incarnation
+            )
         reattached = job_id is not None
         if job_id is None and self.inp.reattach_job_id is not None:
             # the last job ended while nobody watched (a worker gap): what it committed meanwhile is the run's newest
@@ -200,6 +229,25 @@ class _Attempt:
         )
         return job_id
 
+    def _promote(self, job_id: str) -> str | None:
+        """The job, told to train on to this segment's stop, if it still waits at the checkpoint this attempt resumes
+        from (long enough to read the promotion); otherwise None, and the attempt starts a job of its own (the parked
+        one, of another incarnation, is then stopped as a stranger)."""
+        resume = self.progress.latest_checkpoint
+        parked = read_parked(self.run_uri, job_id)
+        if (
+            resume is None
+            or parked is None
+            or (parked.state, parked.step) != ("waiting", resume.step)
+            or parked.until - time.time() < PROMOTION_MARGIN_S
+            or self.ray.status(job_id) != JobStatus.RUNNING
+        ):
+            return None
+        promotion = Promotion(stop_at_step=self.inp.stop_at_step, park_s=self.inp.park_s)
+        storage.write_json(promotion_uri(self.run_uri, job_id, resume.step), promotion.model_dump(mode="json"))
+        activity.logger.info("promotion: Ray job %s trains on from step %d", job_id, resume.step)
+        return job_id
+
     def _submit(self, job_id: str) -> None:
         resume = self.progress.latest_checkpoint
         spec = JobSpec(
@@ -211,6 +259,7 @@ class _Attempt:
             resume_from_uri=resume.uri if resume else None,
             resume_from_step=resume.step if resume else 0,
             stop_at_step=self.inp.stop_at_step,
+            park_s=self.inp.park_s,
         )
         submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python, self.inp.incarnation)
 
@@ -242,6 +291,8 @@ class _Attempt:
                 raise self._failure(f"Ray job {job_id} disappeared from the cluster (was the Ray head restarted?)")
             if status.is_terminal():
                 return await self._finish(job_id, status)
+            if self._parked_at_target(job_id):
+                return self._result(job_id)
             limit = self.opts.stall_timeout_s if started_training else self.opts.startup_timeout_s
             if time.monotonic() - last_advance > limit:
                 await self._signal("attempt_stalled", job_id)  # a stale attempt learns it is one here, and stops
@@ -253,17 +304,37 @@ class _Attempt:
                     f"{what} in {limit:.0f}s; stopped the job, the next attempt resumes from the ledger",
                     "TrainingStalled",
                 )
-            await asyncio.sleep(self.opts.poll_interval_s)
+            at_the_end = (target := self._target()) is not None and self.progress.step >= target
+            await asyncio.sleep(min(self.opts.poll_interval_s, END_POLL_S) if at_the_end else self.opts.poll_interval_s)
+
+    def _target(self) -> float | None:
+        """The step this attempt trains to: the segment's stop, or the run's end (known from a checkpoint)."""
+        final = self.progress.latest_checkpoint
+        total = final.metrics.get("total_steps") if final else None
+        stop = self.inp.stop_at_step
+        return min(stop, total) if stop and total else total
+
+    def _result(self, job_id: str) -> TrainAttemptResult:
+        final = self.progress.latest_checkpoint
+        assert final is not None
+        return TrainAttemptResult(final_checkpoint=final, total_steps=final.step, ray_job_id=job_id)
+
+    def _parked_at_target(self, job_id: str) -> bool:
+        """The job committed this segment's last checkpoint and waits there for a promotion: the segment is done."""
+        final = self.progress.latest_checkpoint
+        if self.inp.park_s <= 0 or final is None or final.ray_job_id != job_id or final.step != self._target():
+            return False
+        parked = read_parked(self.run_uri, job_id)
+        return parked is not None and parked.step == final.step
 
     async def _finish(self, job_id: str, status: JobStatus) -> TrainAttemptResult:
         if status == JobStatus.SUCCEEDED:
             final = self.progress.latest_checkpoint
-            total = final.metrics.get("total_steps") if final else None
-            stop = self.inp.stop_at_step
-            target = min(stop, total) if stop and total else total
-            if final is None or final.step != target:
-                raise self._failure(f"Ray job {job_id} succeeded but its final checkpoint is not committed")
-            return TrainAttemptResult(final_checkpoint=final, total_steps=final.step, ray_job_id=job_id)
+            if final is not None and final.step == self._target():
+                return self._result(job_id)
+            if job_id == self.inp.warm_job_id:
+                raise _LeftBeforePromotion(job_id)
+            raise self._failure(f"Ray job {job_id} succeeded but its final checkpoint is not committed")
         outcome = await asyncio.to_thread(read_outcome, self.run_uri, job_id)
         if outcome is not None and outcome.status == "failed":
             if outcome.deterministic:  # raised on purpose by the job's code: a rerun would only repeat it

@@ -38,6 +38,13 @@ class LadderSpec(_Model):
         description="strict: promote once in the top 1/eta of at least eta results; lenient: Ray Tune ASHA's rule, "
         "go on unless below the rung's 1/eta quantile when the result arrives",
     )
+    promotion_wait_s: float = Field(
+        default=20.0,
+        ge=0.0,
+        le=600.0,
+        description="a real trial's job waits this long at its rung for a promotion, which then trains on in the "
+        "same Ray job (a warm promotion) instead of starting a new one; 0: every promotion starts a new job",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LadderSpec:

@@ -176,7 +176,9 @@ class CheckpointedTrainingWorkflow:
             options=self.req.options,
             checkpoints=[c for c in self.checkpoints if not c.deleted],
             stop_at_step=self.req.stop_at_step,
+            park_s=self.req.park_s,
             reattach_job_id=self.attempts[-1].ray_job_id if self.attempts else None,
+            warm_job_id=None if self.attempts else self.req.warm_job_id,
             previous=self.last_progress,
             attempt=len(self.attempts) + 1,
             incarnation=workflow.info().first_execution_run_id,
@@ -225,10 +227,13 @@ class CheckpointedTrainingWorkflow:
         return self.req.model_copy(update={"carried": carried})
 
     async def _stop_jobs(self) -> None:
-        """No Ray job outlives a cancelled or failed run, also when no attempt was running to stop it."""
-        await workflow.execute_activity(
+        """No Ray job outlives a cancelled or failed run, also when no attempt was running to stop it; that includes a
+        job the run took over from the segment before it (a warm promotion), which that segment's run submitted."""
+        warm = self.req.warm_job_id
+        adopted = [warm] if warm in {a.ray_job_id for a in self.attempts} else []  # only then: workers of before
+        await workflow.execute_activity(  # warm promotions take two arguments
             "stop_run_jobs",
-            args=[self.req.run_id, workflow.info().first_execution_run_id],
+            args=[self.req.run_id, workflow.info().first_execution_run_id, *([adopted] if adopted else [])],
             task_queue=control_queue(self.req.options.training_queue),
             **STOP_JOBS,
         )
