@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 
@@ -58,7 +59,7 @@ async def sweep(client: Client, settings: Settings, mode: str, args: argparse.Na
     wall = time.monotonic() - started
     costs, warm = [], 0
     for trial in state.trials:
-        for before, result in zip(trial.results, trial.results[1:]):
+        for before, result in itertools.pairwise(trial.results):
             handle = client.get_workflow_handle(f"{trial.run_id}-r{result.rung}")
             status = await handle.query(CheckpointedTrainingWorkflow.status)
             warm += status.attempts[0].reattached

@@ -115,6 +115,59 @@ def test_lenient_ladder_decides_on_arrival_as_ray_tunes_asha_does():
     assert min_mode.promotion() == ("a", 1) and min_mode.promotion() is None
 
 
+def _promotion_by_definition(ladder: Ladder, results: list[dict], promoted: list[set], passed: list[set]):
+    """The rule as written: rank the rung's results; strict: the top 1/eta, lenient: those that passed on arrival;
+    the first of them not promoted yet, highest rung first."""
+    for rung in range(ladder.top_rung - 1, -1, -1):
+        r = results[rung]
+        ranked = sorted(r, key=lambda t: (-r[t] if ladder.mode == "max" else r[t], t))
+        eligible = (
+            ranked[: len(r) // ladder.eta] if ladder.rule == "strict" else [t for t in ranked if t in passed[rung]]
+        )
+        for trial in eligible:
+            if trial not in promoted[rung]:
+                return trial, rung + 1
+    return None
+
+
+@pytest.mark.parametrize("rule", ["strict", "lenient"])
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_ladder_decides_as_the_rule_is_written_in_any_order_of_results_and_promotions(rule, mode):
+    """The ladder keeps rankings incrementally (a decision must not cost more as a sweep grows): over random sweeps,
+    with ties, it promotes exactly whom re-ranking everything each time would."""
+    import numpy as np
+
+    rng = random.Random(f"{rule}-{mode}")
+    for _ in range(30):
+        ladder = Ladder(1, 27, eta=rng.choice([2, 3]), mode=mode, rule=rule)
+        results = [{} for _ in ladder.budgets]
+        promoted = [set() for _ in ladder.budgets]
+        passed = [set() for _ in ladder.budgets]
+        at = {}  # trial → rung it trains towards
+        expected = None
+        for step in range(rng.randint(5, 120)):
+            found = ladder.promotion() if rng.random() < 0.4 else None
+            if found is not None:
+                assert found == expected
+                promoted[found[1] - 1].add(found[0])
+                at[found[0]] = found[1]
+            else:
+                trial = f"t{step:03d}" if rng.random() < 0.6 or not at else rng.choice(sorted(at))
+                rung = at.setdefault(trial, 0)
+                if trial in results[rung]:
+                    continue
+                score = rng.choice([0.1, 0.2, 0.5]) if rng.random() < 0.3 else rng.random()
+                signed = [v if mode == "max" else -v for v in results[rung].values()]
+                if not signed or (score if mode == "max" else -score) >= np.percentile(
+                    signed, 100 * (1 - 1 / ladder.eta)
+                ):
+                    passed[rung].add(trial)
+                ladder.record(trial, rung, score)
+                results[rung][trial] = score
+            expected = _promotion_by_definition(ladder, results, promoted, passed)
+            assert ladder.peek() == expected
+
+
 def test_ladder_ties_go_to_the_lower_trial_id():
     ladder = Ladder(1, 3, eta=3)
     for t in ["b", "a", "c"]:

@@ -91,12 +91,12 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
 
 def test_a_promotion_trains_on_in_the_waiting_job_and_a_kill_after_it_resumes_from_the_rung_checkpoint(stack):
     """Lenient rule, one trial: its first result at rung 0 is promoted at once, while its job waits at step 10. The
-    only checkpoints are the rungs' (10, 90), so a kill between them can only resume from the rung checkpoint."""
+    only checkpoints are the rungs' (10, 40), so a kill between them can only resume from the rung checkpoint."""
     base = tiny_config(dataset={"max_rows": 300}, max_steps=None, checkpoint_every_steps=1000)
     spec = SweepSpec(
         id="it-warm",
         strategy="ladder",
-        ladder={"min_steps": 10, "max_steps": 90, "eta": 9, "rule": "lenient", "promotion_wait_s": 60},
+        ladder={"min_steps": 10, "max_steps": 40, "eta": 4, "rule": "lenient", "promotion_wait_s": 60},
         space={"params": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}},
         base=base,
         trials=1,
@@ -129,16 +129,16 @@ def test_a_promotion_trains_on_in_the_waiting_job_and_a_kill_after_it_resumes_fr
         return state, rung0, await started("it-warm-t0000-r1"), before, after
 
     state, rung0, rung1, before, after = run(go())
-    assert rung1.state == "completed" and rung1.step == 90
+    assert rung1.state == "completed" and rung1.step == 40
     first, retry = rung1.attempts
     assert first.ray_job_id == rung0.attempts[0].ray_job_id and first.reattached  # the same Ray job went on
     assert first.resumed_from_step == 10
     assert after == before  # the same worker group: no new Train worker was started for the promotion
     assert not retry.reattached and retry.ray_job_id != first.ray_job_id
     assert retry.resumed_from_step == 10  # killed after the promotion: resumed from the rung checkpoint
-    assert [c.step for c in rung1.checkpoints] == [10, 90]
+    assert [c.step for c in rung1.checkpoints] == [10, 40]
     (trial,) = state.trials
-    assert [r.steps for r in trial.results] == [10, 90] and trial.state == "completed"
+    assert [r.steps for r in trial.results] == [10, 40] and trial.state == "completed"
 
 
 def _closed(handle):

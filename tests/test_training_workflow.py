@@ -39,6 +39,8 @@ from tests.helpers import run, tiny_config
 from tests.test_failure_rules import checkpoint, manifest
 
 TEST_SERVER = str(Path(sys.executable).parent / "temporal-test-server")
+# a cancel reaches an activity with its next heartbeat, which the SDK sends at most every 0.8 x the timeout
+QUICK_CANCEL = {"heartbeat_timeout_s": 2.0}
 
 
 class Stubs:
@@ -109,7 +111,7 @@ async def run_workflow(
     With `warm`, it is a promoted segment whose rung checkpoint that Ray job committed."""
     async with stub_stack(stubs, Listener) as client:
         listener = await client.start_workflow(Listener.run, id="sweep", task_queue="q") if reports else None
-        opts = RunOptions(storage_uri="/s", training_queue="q", max_failures_without_progress=limit)
+        opts = RunOptions(storage_uri="/s", training_queue="q", max_failures_without_progress=limit, **QUICK_CANCEL)
         req = TrainingRequest(
             run_id=f"r-{uuid.uuid4().hex[:6]}",
             config=tiny_config(),
@@ -248,7 +250,9 @@ def test_a_cancelled_sweep_closes_after_its_trainings_so_replace_can_reuse_their
     async def go() -> list[WorkflowExecutionStatus]:
         async with stub_stack(stubs, SweepWorkflow) as client:
             state = SweepState(
-                spec=spec, options=RunOptions(storage_uri="/s", training_queue="q"), search_attributes=False
+                spec=spec,
+                options=RunOptions(storage_uri="/s", training_queue="q", **QUICK_CANCEL),
+                search_attributes=False,
             )
             handle = await client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="q")
             while len(stubs.attempts) < 2:
