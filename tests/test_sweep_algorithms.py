@@ -168,6 +168,26 @@ def test_ladder_decides_as_the_rule_is_written_in_any_order_of_results_and_promo
             assert ladder.peek() == expected
 
 
+def test_lenient_cutoff_is_numpys_percentile_to_the_last_bit():
+    """Replay must decide as the first run did, whatever numpy version a worker has: the cutoff is computed in pure
+    Python, and must sit exactly where np.percentile puts it (at the cutoff: goes on; one ulp below: stops)."""
+    import math
+
+    import numpy as np
+
+    rng = random.Random(7)
+    for _ in range(300):
+        eta, mode = rng.choice([2, 3, 4, 5]), rng.choice(["max", "min"])
+        ladder = Ladder(1, 9, eta=eta, mode=mode, rule="lenient")
+        scores = [rng.choice([0.25, rng.random(), rng.uniform(-1e3, 1e3)]) for _ in range(rng.randint(1, 40))]
+        for i, score in enumerate(scores):
+            ladder.record(f"t{i}", 0, score)
+        sign = 1.0 if mode == "max" else -1.0
+        cutoff = float(np.percentile([sign * v for v in scores], 100 * (1 - 1 / eta)))
+        assert ladder._clears_cutoff(0, sign * cutoff)
+        assert not ladder._clears_cutoff(0, sign * math.nextafter(cutoff, -math.inf))
+
+
 def test_ladder_ties_go_to_the_lower_trial_id():
     ladder = Ladder(1, 3, eta=3)
     for t in ["b", "a", "c"]:

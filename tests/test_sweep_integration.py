@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -189,6 +190,23 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
     assert top.returncode == 0 and "7 more trials" in top.stdout, top.stdout
     assert re.findall(r"it-cli-sweep-t\d{4}", top.stdout) == [t["run_id"] for t in b["trials"][:3]]
     assert_one_line_error(ttrain("leaderboard", "it-cli-sweep", "--top", "0"), 1, "--top must be at least 1")
+    lenient = tmp_path / "lenient.yaml"  # its cutoff runs in the worker's workflow sandbox, where numpy cannot
+    lenient.write_text(
+        sweep_file.read_text()
+        .replace("it-cli-sweep", "it-cli-lenient")
+        .replace("strategy: random", "strategy: ladder\nladder: {min_steps: 10, max_steps: 90, eta: 3, rule: lenient}")
+    )
+    # on a fresh worker: one that drew a plot has loaded numpy's lazily imported parts, outside the sandbox
+    local_stack.stop(stack, "worker-orchestration")
+    local_stack.start_worker(stack, "orchestration")
+    assert ttrain("sweep", str(lenient), "--detach").returncode == 0
+
+    async def lenient_result():
+        client = await connect(stack)
+        return await asyncio.wait_for(client.get_workflow_handle("it-cli-lenient", result_type=SweepState).result(), 60)
+
+    climbed = [t for t in run(lenient_result()).trials if len(t.results) > 1]
+    assert climbed and climbed[0].index == 0  # the first result at a rung always goes on
     long_file = tmp_path / "long.yaml"
     long_file.write_text(
         sweep_file.read_text()

@@ -17,9 +17,8 @@ same at 100 results as at 100,000 (a sweep asks for one after every result).
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Literal
-
-import numpy as np
 
 
 class Ladder:
@@ -72,12 +71,24 @@ class Ladder:
         self._peeked = False
 
     def _clears_cutoff(self, rung: int, score: float) -> bool:
-        """At or above the (1 - 1/eta) quantile, linearly interpolated, of the results the rung had before this one
-        (`max`; mirrored for `min`); the first result at a rung always goes on."""
-        signed = [s if self.mode == "max" else -s for s in self._scores[rung].values()]
-        if not signed:
+        """At or above the (1 - 1/eta) quantile of the results the rung had before this one (`max`; mirrored for
+        `min`); the first result at a rung always goes on. The quantile is numpy's default (linear) percentile, the
+        one Ray Tune takes, computed as numpy does it, bit for bit, from the ranked list: numpy itself cannot run in
+        the workflow sandbox (it imports submodules on first use) and would copy the whole rung every time."""
+        ranked = self._ranked[rung]
+        n = len(ranked)
+        if n == 0:
             return True
-        return (score if self.mode == "max" else -score) >= np.percentile(signed, 100 * (1 - 1 / self.eta))
+
+        def ascending(i: int) -> float:  # the i-th smallest signed score (`ranked` is best first, by -signed score)
+            return -ranked[n - 1 - i][0]
+
+        at = (n - 1) * ((100 * (1 - 1 / self.eta)) / 100)
+        below = math.floor(at)
+        lo, hi = (n - 1, n - 1) if at >= n - 1 else (below, below + 1)
+        a, b, t = ascending(lo), ascending(hi), at - below
+        cutoff = b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+        return (score if self.mode == "max" else -score) >= cutoff
 
     def mark_promoted(self, trial: str, rung: int) -> None:
         """Rebuilding from a saved state: `trial` already went up from `rung`."""
