@@ -140,6 +140,7 @@ class _Attempt:
         self.outage_ended = 0.0  # monotonic time the last outage ended: waiting out an outage is not a stall
         self.max_backoff_s = max(1.0, min(15.0, self.opts.heartbeat_timeout_s / 3))
         self.in_flight: set[asyncio.Future] = set()  # Ray and storage calls running in threads
+        self.warm_job_id = inp.warm_job_id  # a job waiting at this segment's start to be promoted, until it is not
 
     async def run(self) -> TrainAttemptResult:
         ticker = asyncio.create_task(self._heartbeat_forever())
@@ -150,7 +151,7 @@ class _Attempt:
             try:
                 return await self._follow(job_id)
             except _LeftBeforePromotion:  # it left as the promotion was written: resume from the rung checkpoint
-                self.inp.warm_job_id = None
+                self.warm_job_id = None
                 return await self._follow(await self._start())
         except asyncio.CancelledError:
             # a submit in flight lands before the attempt ends: the workflow, told the attempt is over, lists the
@@ -194,7 +195,7 @@ class _Attempt:
 
     async def _start(self) -> str:
         info = activity.info()
-        job_id = await self._patiently(self._promote, self.inp.warm_job_id) if self.inp.warm_job_id else None
+        job_id = await self._patiently(self._promote, self.warm_job_id) if self.warm_job_id else None
         if job_id is None:
             job_id = await self._patiently(
                 self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id, self.inp.incarnation
@@ -291,7 +292,7 @@ class _Attempt:
                 raise self._failure(f"Ray job {job_id} disappeared from the cluster (was the Ray head restarted?)")
             if status.is_terminal():
                 return await self._finish(job_id, status)
-            if self._parked_at_target(job_id):
+            if await self._parked_at_target(job_id):
                 return self._result(job_id)
             limit = self.opts.stall_timeout_s if started_training else self.opts.startup_timeout_s
             if time.monotonic() - last_advance > limit:
@@ -319,12 +320,12 @@ class _Attempt:
         assert final is not None
         return TrainAttemptResult(final_checkpoint=final, total_steps=final.step, ray_job_id=job_id)
 
-    def _parked_at_target(self, job_id: str) -> bool:
+    async def _parked_at_target(self, job_id: str) -> bool:
         """The job committed this segment's last checkpoint and waits there for a promotion: the segment is done."""
         final = self.progress.latest_checkpoint
         if self.inp.park_s <= 0 or final is None or final.ray_job_id != job_id or final.step != self._target():
             return False
-        parked = read_parked(self.run_uri, job_id)
+        parked = await asyncio.to_thread(read_parked, self.run_uri, job_id)
         return parked is not None and parked.step == final.step
 
     async def _finish(self, job_id: str, status: JobStatus) -> TrainAttemptResult:
@@ -332,7 +333,7 @@ class _Attempt:
             final = self.progress.latest_checkpoint
             if final is not None and final.step == self._target():
                 return self._result(job_id)
-            if job_id == self.inp.warm_job_id:
+            if job_id == self.warm_job_id:
                 raise _LeftBeforePromotion(job_id)
             raise self._failure(f"Ray job {job_id} succeeded but its final checkpoint is not committed")
         outcome = await asyncio.to_thread(read_outcome, self.run_uri, job_id)
