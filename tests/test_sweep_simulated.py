@@ -289,3 +289,45 @@ def test_continue_as_new_keeps_trials_running_and_every_slot_busy(tmp_path):
 def _started_with(history) -> SweepState:
     payload = history.events[0].workflow_execution_started_event_attributes.input.payloads[0]
     return SweepState.model_validate_json(payload.data)
+
+
+def test_a_segments_report_refused_while_the_sweep_continues_as_new_is_sent_again():
+    """The server refuses signals to a workflow that is closing its execution; the report is the only way the
+    segment's result reaches the next execution, so it is sent again (before, the slot waited minutes for the
+    segment to be re-issued)."""
+    import asyncio
+
+    from temporalio.service import RPCError, RPCStatusCode
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities.sweeps import reported
+    from orchestration.sweeps.models import RungResult, Trial, TrialSegment
+    from ray_jobs.specs import FineTuneConfig
+
+    sent: list[str] = []
+
+    class Handle:
+        async def signal(self, name: str, report) -> None:
+            sent.append(report.segment_id)
+            if len(sent) < 3:
+                raise RPCError(
+                    "workflow operation can not be applied because workflow is closing",
+                    RPCStatusCode.RESOURCE_EXHAUSTED,
+                    b"",
+                )
+
+    class Client:
+        def get_workflow_handle(self, *args, **kw) -> Handle:
+            return Handle()
+
+    seg = TrialSegment(
+        sweep_id="s",
+        trial=Trial(index=0, run_id="s-t0000", params={}),
+        config=FineTuneConfig(),
+        stop_at_step=10,
+        options=RunOptions(storage_uri="/s"),
+        segment_id="s-t0000-r0",
+    )
+    result = RungResult(rung=0, steps=10, score=0.5)
+    assert asyncio.run(ActivityEnvironment(client=Client()).run(reported, seg, result)) == result
+    assert sent == ["s-t0000-r0"] * 3

@@ -10,10 +10,13 @@ import random
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.service import RPCError, RPCStatusCode
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from orchestration.sweeps.models import GcRequest, PlotRequest, RungResult, SegmentReport, TpeRequest, TrialSegment
 from orchestration.sweeps.space import Choice, IntRange, LogUniform
 from ray_jobs import storage
+
+CLOSING_WAIT_S = 60.0  # a continue-as-new takes a workflow task or two: well under a second, unless the server is down
 
 
 def propose(req: TpeRequest) -> dict:
@@ -50,17 +53,28 @@ def synthetic_score(seg: TrialSegment, seed: int) -> float:
     return ceiling * (1.0 - math.exp(-seg.stop_at_step / 60.0)) + noise
 
 
+def _closing(exc: BaseException) -> bool:
+    """The sweep is continuing as new at this moment: the server refuses signals until the next execution runs."""
+    return isinstance(exc, RPCError) and exc.status == RPCStatusCode.RESOURCE_EXHAUSTED
+
+
 async def reported(seg: TrialSegment, result: RungResult) -> RungResult:
     """The result goes back to the sweep execution that started the segment, and by signal to the sweep's current
     execution: if the first has continued as new before this completion reaches it (which no check made here can
-    rule out), the signal is the only way the result arrives. The sweep takes a segment's end once."""
-    info = activity.info()
+    rule out), the signal is the only way the result arrives. So a signal refused while the sweep is closing one
+    execution is sent again to the next (else the segment is lost until it is re-issued, minutes later). The sweep
+    takes a segment's end once."""
+    handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+    report = SegmentReport(segment_id=seg.segment_id, result=result)
     try:
-        await (
-            activity.client()
-            .get_workflow_handle(info.workflow_id)
-            .signal("segment_finished", SegmentReport(segment_id=seg.segment_id, result=result))
-        )
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_closing),
+            wait=wait_exponential(multiplier=0.05, max=2.0),
+            stop=stop_after_delay(CLOSING_WAIT_S),
+            reraise=True,
+        ):
+            with attempt:
+                await handle.signal("segment_finished", report)
     except RPCError as exc:  # the sweep has closed (this was a re-issued segment's late twin): nobody to tell
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
