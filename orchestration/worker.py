@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import timedelta
 from typing import Literal
 
 from temporalio.client import Client
@@ -37,6 +38,10 @@ WORKFLOWS = [
 
 
 CONTROL_SLOTS = 8  # concurrent job stops a training worker serves beside its trainings
+# A cancel reaches an activity with the reply to its next heartbeat, and the SDK sends heartbeats at most every
+# 0.8 x heartbeat_timeout (24 s by default): an attempt heartbeats every poll, and each is sent, so a cancelled run
+# lets go of its job within seconds (`--replace`, `ttrain sweep-ctl cancel`, a cancelled experiment set).
+HEARTBEAT_SENT_EVERY = timedelta(seconds=2)
 
 
 def build_workers(client: Client, queue: Queue, settings: Settings) -> list[Worker]:
@@ -57,6 +62,7 @@ def build_workers(client: Client, queue: Queue, settings: Settings) -> list[Work
                     ClusterActivities(settings).cluster_capacity,
                 ],
                 max_concurrent_activities=settings.max_concurrent_trainings,
+                max_heartbeat_throttle_interval=HEARTBEAT_SENT_EVERY,
             ),
             # a cancelled run's jobs are stopped at once, not after a days-long training frees a slot
             Worker(
