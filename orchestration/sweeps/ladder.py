@@ -47,9 +47,7 @@ class Ladder:
         self.budgets: list[int] = [*budgets, max_budget]
         self._scores: list[dict[str, float]] = [{} for _ in self.budgets]  # rung → trial → score
         self._ranked: list[list[tuple[float, str]]] = [[] for _ in self.budgets]  # rung → (rank key, trial), best first
-        self._waiting: list[list[tuple[float, str]]] = [
-            [] for _ in self.budgets
-        ]  # rung → the rule's candidates, ranked
+        self._waiting: list[list[tuple[float, str]]] = [[] for _ in self.budgets]  # rung → promotable, ranked
         self._promoted: list[set[str]] = [set() for _ in self.budgets]  # rung → trials promoted out of it
         self._peeked: tuple[str, int] | bool | None = False  # cached `peek`; False: recompute (callers poll it)
 
@@ -62,13 +60,17 @@ class Ladder:
             raise ValueError(f"rung {rung} outside 0..{self.top_rung}")
         if trial in self._scores[rung]:
             raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
-        entry = (-score if self.mode == "max" else score, trial)
+        entry = self._entry(trial, score)
         climbs = rung < self.top_rung and trial not in self._promoted[rung]
         if climbs and (self.rule == "strict" or self._clears_cutoff(rung, score)):
             bisect.insort(self._waiting[rung], entry)
         bisect.insort(self._ranked[rung], entry)
         self._scores[rung][trial] = score
         self._peeked = False
+
+    def _entry(self, trial: str, score: float) -> tuple[float, str]:
+        """How a result ranks: best first, ties to the lower trial id."""
+        return -score if self.mode == "max" else score, trial
 
     def _clears_cutoff(self, rung: int, score: float) -> bool:
         """At or above the (1 - 1/eta) quantile of the results the rung had before this one (`max`; mirrored for
@@ -98,7 +100,7 @@ class Ladder:
         self._promoted[rung].add(trial)
         if (score := self._scores[rung].get(trial)) is not None:
             waiting = self._waiting[rung]
-            i = bisect.bisect_left(waiting, (-score if self.mode == "max" else score, trial))
+            i = bisect.bisect_left(waiting, self._entry(trial, score))
             if i < len(waiting) and waiting[i][1] == trial:
                 del waiting[i]
         self._peeked = False
