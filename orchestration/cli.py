@@ -25,7 +25,14 @@ from orchestration.experiments import load_experiments
 from orchestration.launch import Launched, launch
 from orchestration.ledger import newest
 from orchestration.settings import Settings
-from orchestration.sweeps.models import LIVE_SWEEP_SETTINGS, BoardPage, SweepLeaderboard, SweepSpec, SweepState
+from orchestration.sweeps.models import (
+    LIVE_SWEEP_SETTINGS,
+    BoardPage,
+    SweepLeaderboard,
+    SweepSpec,
+    SweepState,
+    check_trials,
+)
 from orchestration.types import (
     CoordinatorResult,
     EvaluationRequest,
@@ -490,7 +497,10 @@ async def cmd_sweep_ctl(args, settings: Settings) -> int:
         await handle.execute_update(SweepWorkflow.add_trials, args.value)
     else:  # extend a closed sweep (completed, failed or cancelled): a new run of the same id from its whole state
         state = await sweep_state_to_continue(client, args.sweep_id)
-        state.spec.trials += args.value
+        try:
+            state.spec.trials = check_trials(state.spec.trials + args.value)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
         await client.start_workflow(SweepWorkflow.run, state, id=args.sweep_id, task_queue=settings.orchestration_queue)
     print(f"sweep {args.sweep_id}: {args.action} sent")
     return 0

@@ -16,7 +16,15 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from orchestration.activities.sweeps import SWEEP_ACTIVITIES, propose
-from orchestration.sweeps.models import BEST_SCORE, SEARCH_ATTRIBUTES, BoardPage, SweepSpec, SweepState, TpeRequest
+from orchestration.sweeps.models import (
+    BEST_SCORE,
+    MAX_TRIALS,
+    SEARCH_ATTRIBUTES,
+    BoardPage,
+    SweepSpec,
+    SweepState,
+    TpeRequest,
+)
 from orchestration.sweeps.space import SearchSpace
 from orchestration.sweeps.usage import slot_usage
 from orchestration.types import RunOptions
@@ -206,6 +214,8 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
             board = await handle.query(SweepWorkflow.leaderboard)
             assert board.paused and board.trials_started == 0  # paused: nothing starts
             assert await handle.execute_update(SweepWorkflow.add_trials, 3) == 12
+            with pytest.raises(WorkflowUpdateFailedError):  # past what a continue-as-new can carry: refused
+                await handle.execute_update(SweepWorkflow.add_trials, MAX_TRIALS)
             with pytest.raises(WorkflowUpdateFailedError):
                 await handle.execute_update(SweepWorkflow.set_max_concurrency, 0)  # refused by the validator
             assert await handle.execute_update(SweepWorkflow.set_max_concurrency, 2) == 2
@@ -241,6 +251,7 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
         {"strategy": "random", "ladder": None},  # no base.max_steps
         {"space": {"params": {"lrr": {"type": "uniform", "low": 0, "high": 1}}}},
         {"ladder": {"min_steps": 100, "max_steps": 10}},
+        {"trials": MAX_TRIALS + 1},
     ],
 )
 def test_bad_sweep_specs_are_refused(bad):

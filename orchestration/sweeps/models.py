@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from temporalio.common import SearchAttributeKey
 
 from orchestration.sweeps.space import SearchSpace
@@ -21,6 +21,19 @@ SEARCH_ATTRIBUTES = (BEST_SCORE, BEST_RUNG, TRIALS)
 ProxyTask = Literal["reviews", "fashion-mnist"]  # the proxy trainer's tasks (`orchestration.sweeps.proxy`)
 # Changed on a running sweep (updates, extend): not part of what makes a sweep file "the same sweep"
 LIVE_SWEEP_SETTINGS = {"trials", "max_total_steps", "max_gpu_hours", "max_concurrency"}
+# Each continue-as-new hands the whole state to the next execution, which must load it within the SDK's 2 s limit
+# on a workflow task (past it the task fails and is retried, forever): on 2 cores that took 1.8 s at 38,500 trials
+# (bench/RESULTS.md). Carrying compact decision tables instead of every trial's record would lift this.
+MAX_TRIALS = 20_000
+
+
+def check_trials(n: int) -> int:
+    if n > MAX_TRIALS:
+        raise ValueError(
+            f"a sweep runs at most {MAX_TRIALS:,} trials (asked for {n:,}): at each continue-as-new its whole state "
+            "must load within Temporal's 2 s workflow-task limit; split it into several sweeps"
+        )
+    return n
 
 
 class _Model(BaseModel):
@@ -78,6 +91,11 @@ class SweepSpec(_Model):
     )
     proxy_task: ProxyTask = Field(default="reviews", description="proxy trainer only: which task (`sweeps.proxy`)")
     history_limit: int = Field(default=4_000, ge=200, description="events per run before continue-as-new")
+
+    @field_validator("trials")
+    @classmethod
+    def _not_too_many(cls, n: int) -> int:
+        return check_trials(n)
 
     @model_validator(mode="after")
     def _ladder_needs_rungs(self) -> SweepSpec:

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         TpeRequest,
         Trial,
         TrialSegment,
+        check_trials,
         gc_candidates,
         tpe_history,
     )
@@ -440,6 +441,7 @@ class SweepWorkflow:
     def _check_add(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"add at least one trial (got {n})")
+        check_trials(self.s.spec.trials + n)
 
     @workflow.update
     def raise_budget(self, steps: int) -> int:
