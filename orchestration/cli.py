@@ -435,6 +435,10 @@ def print_results(table: CoordinatorResult, fmt: str) -> None:
 
 async def cmd_sweep(args, settings: Settings) -> int:
     spec = validate(SweepSpec, read_mapping(args.file))
+    try:
+        check_trials(spec.trials)
+    except ValueError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
     options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
     client = await _client(settings)
     state = SweepState(

@@ -25,6 +25,7 @@ from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from ray_jobs.outcome import read_parked, read_progress
 from tests.helpers import assert_one_line_error, run, tiny_config, wait_until
 from tests.test_crash_recovery import train_worker_pids
 
@@ -123,6 +124,13 @@ def test_a_promotion_trains_on_in_the_waiting_job_and_a_kill_after_it_resumes_fr
         job = rung0.attempts[0].ray_job_id
         before = await wait_until(lambda: train_worker_pids(stack, job), 120, "the rung-0 job's Train worker")
         await wait_until(lambda: started("it-warm-t0000-r1"), 180, "the promotion", interval=0.1)
+        run_uri = str(Path(stack.storage_uri) / "runs" / "it-warm-t0000")
+
+        def trains_on() -> bool:  # the job read the promotion and trains past its rung, in the same process
+            parked, live = read_parked(run_uri, job), read_progress(run_uri, job)
+            return parked is not None and parked.state == "promoted" and live is not None and live.step > 10
+
+        await wait_until(trains_on, 60, "the job to train on past its rung", interval=0.1)
         after = train_worker_pids(stack, job)
         for pid in after:  # between the rungs: no checkpoint but the rung's to resume from
             os.kill(pid, signal.SIGKILL)
@@ -226,6 +234,9 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
     assert run(status()) == "CANCELED"
     unknown = ttrain("sweep-ctl", "no-such-sweep", "pause")
     assert unknown.returncode == 1 and unknown.stderr.startswith("ttrain: error: sweep 'no-such-sweep'")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(sweep_file.read_text().replace("trials: 6", "trials: 20001"))
+    assert_one_line_error(ttrain("sweep", str(huge)), 1, "a sweep runs at most 20,000 trials")
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: x\nstrategy: ladder\nspace: {params: {lr: {type: uniform, low: 0, high: 1}}}\n")
     out = ttrain("sweep", str(bad))

@@ -93,18 +93,23 @@ class Client:
 
 
 class Ray:
-    """The Ray Jobs API as the promoted attempt sees it: the rung-0 job `warm` ends SUCCEEDED once asked twice."""
+    """The Ray Jobs API as the promoted attempt sees it: the rung-0 job `warm` goes through `statuses`; when it ends
+    SUCCEEDED it has left its rung (its parked marker says so, as the real job writes it)."""
 
-    def __init__(self, warm_statuses: list[JobStatus]) -> None:
-        self.warm_statuses = warm_statuses
+    def __init__(self, statuses: list[JobStatus], run_uri: str) -> None:
+        self.statuses, self.run_uri = statuses, run_uri
         self.submitted: list[dict] = []
 
     def status(self, job_id: str) -> JobStatus | None:
         assert job_id == "warm"
-        return self.warm_statuses.pop(0) if len(self.warm_statuses) > 1 else self.warm_statuses[0]
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if status == JobStatus.SUCCEEDED:
+            write_parked(self.run_uri, Parked(step=10, until=time.time(), state="left"))
+        return status
 
     def find_live(self, run_id: str, hint: str | None, incarnation: str | None) -> str | None:
-        return None
+        """As `RaySubmission.find_live`: the hint if it is alive or succeeded; `warm` is of another incarnation."""
+        return hint if hint and self.status(hint) in {JobStatus.RUNNING, JobStatus.SUCCEEDED} else None
 
     def strangers(self, *args) -> list[str]:
         return []
@@ -114,8 +119,15 @@ class Ray:
         raise PermissionError("the test ends the attempt here")
 
 
-def promoted_attempt(tmp_path: Path, ray: Ray, parked: Parked | None) -> tuple[Ray, Path]:
-    """The rung-1 segment's first attempt: resumes from the rung-0 checkpoint at step 10 that job `warm` committed."""
+def write_parked(run_uri: str, parked: Parked) -> None:
+    storage.write_json(storage.join(job_dir(run_uri, "warm"), PARKED_FILE), parked.model_dump(mode="json"))
+
+
+def promoted_attempt(
+    tmp_path: Path, statuses: list[JobStatus], parked: Parked | None, retry: bool = False
+) -> tuple[Ray, Path]:
+    """The rung-1 segment's attempt: resumes from the rung-0 checkpoint at step 10 that job `warm` committed. The
+    first attempt is told to promote `warm`; a `retry` (its predecessor took `warm` over, then was lost) follows it."""
     from temporalio.testing import ActivityEnvironment
 
     from orchestration.activities.training import _Attempt, runs_root
@@ -130,11 +142,14 @@ def promoted_attempt(tmp_path: Path, ray: Ray, parked: Parked | None) -> tuple[R
         options=RunOptions(storage_uri=str(tmp_path), poll_interval_s=0.05),
         checkpoints=[rung],
         stop_at_step=30,
-        warm_job_id="warm",
+        warm_job_id=None if retry else "warm",
+        reattach_job_id="warm" if retry else None,
+        attempt=2 if retry else 1,
     )
     run_uri = storage.join(runs_root(inp.options.storage_uri), "r")
     if parked is not None:
-        storage.write_json(storage.join(job_dir(run_uri, "warm"), PARKED_FILE), parked.model_dump(mode="json"))
+        write_parked(run_uri, parked)
+    ray = Ray(statuses, run_uri)
     with pytest.raises(PermissionError):
         asyncio.run(ActivityEnvironment(client=Client()).run(_Attempt(ray, Settings.from_env(), inp).run))
     return ray, Path(promotion_uri(run_uri, "warm", 10))
@@ -144,25 +159,37 @@ def test_a_job_that_left_as_the_promotion_was_written_is_followed_by_a_cold_resu
     """The race the margin makes rare: the promotion is written, but the job had taken its last look and ends
     where it was. The attempt must resume from the rung checkpoint, not fail the segment."""
     waiting = Parked(step=10, until=time.time() + 60)
-    ray, offer = promoted_attempt(tmp_path, Ray([JobStatus.RUNNING, JobStatus.SUCCEEDED]), waiting)
+    ray, offer = promoted_attempt(tmp_path, [JobStatus.RUNNING, JobStatus.SUCCEEDED], waiting)
     assert Promotion.model_validate_json(offer.read_text()).stop_at_step == 30  # it was offered the promotion
     (spec,) = ray.submitted
     assert (spec["resume_from_step"], spec["stop_at_step"]) == (10, 30)
 
 
+def test_a_retry_after_the_taken_over_job_left_at_its_rung_resumes_from_the_rung_checkpoint(tmp_path):
+    """The attempt that took the job over was lost (a deploy), and the job had left at its rung meanwhile: the retry
+    reattaches to it by id, finds it ended below the segment's stop, and must not count that as a failure (every
+    retry would find the same job, until the run failed)."""
+    ray, _ = promoted_attempt(tmp_path, [JobStatus.SUCCEEDED], None, retry=True)
+    (spec,) = ray.submitted
+    assert (spec["resume_from_step"], spec["stop_at_step"]) == (10, 30)
+
+
 @pytest.mark.parametrize(
-    "parked",
+    "state, step, seconds_left",
     [
-        None,  # a job of the release before warm promotions, or one that never got to wait
-        Parked(step=10, until=time.time() + 60, state="left"),
-        Parked(step=10, until=time.time() + 60, state="promoted"),  # an earlier try of this attempt promoted it
-        Parked(step=10, until=time.time() + 1),  # about to leave: it might never read the promotion
-        Parked(step=5, until=time.time() + 60),  # waits somewhere else than the checkpoint the segment resumes from
+        (None, 10, 60),  # no marker: a job of the release before warm promotions, or one that never got to wait
+        ("left", 10, 60),
+        ("promoted", 10, 60),  # an earlier try of this attempt promoted it
+        ("waiting", 10, 1),  # about to leave: it might never read the promotion
+        ("waiting", 5, 60),  # waits somewhere else than the checkpoint the segment resumes from
     ],
     ids=["no-marker", "left", "promoted", "leaving", "other-step"],
 )
-def test_a_job_not_waiting_at_the_rung_is_not_promoted_and_a_new_job_resumes_from_it(tmp_path, parked):
-    ray, offer = promoted_attempt(tmp_path, Ray([JobStatus.RUNNING, JobStatus.SUCCEEDED]), parked)
+def test_a_job_not_waiting_at_the_rung_is_not_promoted_and_a_new_job_resumes_from_it(
+    tmp_path, state, step, seconds_left
+):
+    parked = None if state is None else Parked(step=step, until=time.time() + seconds_left, state=state)
+    ray, offer = promoted_attempt(tmp_path, [JobStatus.RUNNING, JobStatus.SUCCEEDED], parked)
     assert not offer.exists()
     (spec,) = ray.submitted
     assert (spec["resume_from_step"], spec["stop_at_step"], spec["park_s"]) == (10, 30, 0.0)

@@ -125,7 +125,8 @@ def _temporal_unavailable(exc: BaseException) -> bool:
 
 
 class _LeftBeforePromotion(Exception):
-    """The parked job left at its deadline just as the promotion was written, and ended where it was."""
+    """The parked job left at its deadline as the promotion was written (or as the clocks of the worker and the Ray
+    node disagreed), and ended at its rung: nothing trains it on, so a new job resumes from the rung checkpoint."""
 
 
 class _Attempt:
@@ -140,7 +141,6 @@ class _Attempt:
         self.outage_ended = 0.0  # monotonic time the last outage ended: waiting out an outage is not a stall
         self.max_backoff_s = max(1.0, min(15.0, self.opts.heartbeat_timeout_s / 3))
         self.in_flight: set[asyncio.Future] = set()  # Ray and storage calls running in threads
-        self.warm_job_id = inp.warm_job_id  # a job waiting at this segment's start to be promoted, until it is not
 
     async def run(self) -> TrainAttemptResult:
         ticker = asyncio.create_task(self._heartbeat_forever())
@@ -151,8 +151,7 @@ class _Attempt:
             try:
                 return await self._follow(job_id)
             except _LeftBeforePromotion:  # it left as the promotion was written: resume from the rung checkpoint
-                self.warm_job_id = None
-                return await self._follow(await self._start())
+                return await self._follow(await self._start(cold=True))
         except asyncio.CancelledError:
             # a submit in flight lands before the attempt ends: the workflow, told the attempt is over, lists the
             # run's jobs to stop them, and a job submitted after that list would outlive the run
@@ -193,13 +192,14 @@ class _Attempt:
             activity.heartbeat(self.progress)
             await asyncio.sleep(every)
 
-    async def _start(self) -> str:
+    async def _start(self, cold: bool = False) -> str:
+        """`cold`: the job to follow ended at its rung without training on: submit, resuming from the ledger."""
         info = activity.info()
-        job_id = await self._patiently(self._promote, self.warm_job_id) if self.warm_job_id else None
+        warm = None if cold else self.inp.warm_job_id
+        job_id = await self._patiently(self._promote, warm) if warm else None
         if job_id is None:
-            job_id = await self._patiently(
-                self.ray.find_live, self.inp.run_id, self.inp.reattach_job_id, self.inp.incarnation
-            )
+            hint = None if cold else self.inp.reattach_job_id
+            job_id = await self._patiently(self.ray.find_live, self.inp.run_id, hint, self.inp.incarnation)
         reattached = job_id is not None
         if job_id is None and self.inp.reattach_job_id is not None:
             # the last job ended while nobody watched (a worker gap): what it committed meanwhile is the run's newest
@@ -235,13 +235,13 @@ class _Attempt:
         from (long enough to read the promotion); otherwise None, and the attempt starts a job of its own (the parked
         one, of another incarnation, is then stopped as a stranger)."""
         resume = self.progress.latest_checkpoint
-        parked = read_parked(self.run_uri, job_id)
+        if resume is None or self.ray.status(job_id) != JobStatus.RUNNING:
+            return None
+        parked = read_parked(self.run_uri, job_id)  # read last, just before the offer: the margin is what is left
         if (
-            resume is None
-            or parked is None
+            parked is None
             or (parked.state, parked.step) != ("waiting", resume.step)
             or parked.until - time.time() < PROMOTION_MARGIN_S
-            or self.ray.status(job_id) != JobStatus.RUNNING
         ):
             return None
         promotion = Promotion(stop_at_step=self.inp.stop_at_step, park_s=self.inp.park_s)
@@ -333,8 +333,9 @@ class _Attempt:
             final = self.progress.latest_checkpoint
             if final is not None and final.step == self._target():
                 return self._result(job_id)
-            if job_id == self.warm_job_id:
-                raise _LeftBeforePromotion(job_id)
+            parked = await asyncio.to_thread(read_parked, self.run_uri, job_id)
+            if final is not None and parked is not None and (parked.state, parked.step) == ("left", final.step):
+                raise _LeftBeforePromotion(job_id)  # this attempt's, or an earlier one's that was lost since
             raise self._failure(f"Ray job {job_id} succeeded but its final checkpoint is not committed")
         outcome = await asyncio.to_thread(read_outcome, self.run_uri, job_id)
         if outcome is not None and outcome.status == "failed":

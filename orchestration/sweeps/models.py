@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from temporalio.common import SearchAttributeKey
 
 from orchestration.sweeps.space import SearchSpace
@@ -28,6 +28,8 @@ MAX_TRIALS = 20_000
 
 
 def check_trials(n: int) -> int:
+    """Checked where trials are asked for (a sweep file, `extend`, the `add_trials` update), not on the wire model: a
+    sweep already running with more must still decode its own input."""
     if n > MAX_TRIALS:
         raise ValueError(
             f"a sweep runs at most {MAX_TRIALS:,} trials (asked for {n:,}): at each continue-as-new its whole state "
@@ -91,11 +93,6 @@ class SweepSpec(_Model):
     )
     proxy_task: ProxyTask = Field(default="reviews", description="proxy trainer only: which task (`sweeps.proxy`)")
     history_limit: int = Field(default=4_000, ge=200, description="events per run before continue-as-new")
-
-    @field_validator("trials")
-    @classmethod
-    def _not_too_many(cls, n: int) -> int:
-        return check_trials(n)
 
     @model_validator(mode="after")
     def _ladder_needs_rungs(self) -> SweepSpec:

@@ -229,11 +229,10 @@ class CheckpointedTrainingWorkflow:
     async def _stop_jobs(self) -> None:
         """No Ray job outlives a cancelled or failed run, also when no attempt was running to stop it; that includes a
         job the run took over from the segment before it (a warm promotion), which that segment's run submitted."""
-        warm = self.req.warm_job_id
-        adopted = [warm] if warm in {a.ray_job_id for a in self.attempts} else []  # only then: workers of before
-        await workflow.execute_activity(  # warm promotions take two arguments
+        warm = self.req.warm_job_id  # also when the cancel came before its attempt said it took it over
+        await workflow.execute_activity(  # workers of before warm promotions take two arguments
             "stop_run_jobs",
-            args=[self.req.run_id, workflow.info().first_execution_run_id, *([adopted] if adopted else [])],
+            args=[self.req.run_id, workflow.info().first_execution_run_id, *([[warm]] if warm else [])],
             task_queue=control_queue(self.req.options.training_queue),
             **STOP_JOBS,
         )
