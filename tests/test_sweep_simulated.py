@@ -251,7 +251,6 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
         {"strategy": "random", "ladder": None},  # no base.max_steps
         {"space": {"params": {"lrr": {"type": "uniform", "low": 0, "high": 1}}}},
         {"ladder": {"min_steps": 100, "max_steps": 10}},
-        {"trials": MAX_TRIALS + 1},
     ],
 )
 def test_bad_sweep_specs_are_refused(bad):
