@@ -74,13 +74,15 @@ class TrainingRequest(Model):
     resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
     stop_at_step: int | None = Field(default=None, ge=1, description="train only up to here (a ladder rung)")
     park_s: float = Field(default=0.0, ge=0.0, description="at stop_at_step, the job waits this long for a promotion")
-    warm_job_id: str | None = Field(
-        default=None, description="the Ray job that committed resume_from: if it waits there still, train on in it"
-    )
     carried: RunCarry | None = Field(default=None, description="the run so far, handed over by continue-as-new")
     report_to: Identifier | None = Field(
         default=None, description="a workflow (a sweep) told how the run ended, by a `run_finished` signal"
     )
+
+    @property
+    def warm_job_id(self) -> str | None:
+        """The Ray job that committed `resume_from`: if it still waits there, the run trains on in it."""
+        return self.resume_from.ray_job_id if self.resume_from else None
 
 
 class SnapshotRequest(Model):

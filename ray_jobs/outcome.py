@@ -12,7 +12,7 @@ the run at once on those, by type, and retries everything else.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +23,9 @@ OUTCOME_FILE = "outcome.json"
 PARKED_FILE = "parked.json"
 PROMOTIONS_DIR = "promotions"
 COMMITS_DIR = "commits"  # one record per checkpoint the job committed, written once its upload has finished
+
+
+M = TypeVar("M", bound="_Wire")
 
 
 class DeterministicJobError(Exception):
@@ -97,27 +100,26 @@ def job_dir(run_uri: str, ray_job_id: str) -> str:
     return storage.join(run_uri, ray_job_id)
 
 
-def read_progress(run_uri: str, ray_job_id: str) -> JobProgress | None:
-    """None until the job has written one (or while a write is in flight on a store without atomic renames)."""
+def _read(model: type[M], run_uri: str, ray_job_id: str, name: str) -> M | None:
     try:
-        return JobProgress.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), PROGRESS_FILE)))
+        return model.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), name)))
     except (OSError, ValueError):
         return None
+
+
+def read_progress(run_uri: str, ray_job_id: str) -> JobProgress | None:
+    """None until the job has written one (or while a write is in flight on a store without atomic renames)."""
+    return _read(JobProgress, run_uri, ray_job_id, PROGRESS_FILE)
 
 
 def read_outcome(run_uri: str, ray_job_id: str) -> JobOutcome | None:
     """None when the job's driver never got to write one (it was killed, or its node was lost)."""
-    try:
-        return JobOutcome.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), OUTCOME_FILE)))
-    except (OSError, ValueError):
-        return None
+    return _read(JobOutcome, run_uri, ray_job_id, OUTCOME_FILE)
 
 
 def read_parked(run_uri: str, ray_job_id: str) -> Parked | None:
-    try:
-        return Parked.model_validate(storage.read_json(storage.join(job_dir(run_uri, ray_job_id), PARKED_FILE)))
-    except (OSError, ValueError):
-        return None
+    """None when the job never waited at a rung (or was of a release before warm promotions)."""
+    return _read(Parked, run_uri, ray_job_id, PARKED_FILE)
 
 
 def promotion_uri(run_uri: str, ray_job_id: str, step: int) -> str:

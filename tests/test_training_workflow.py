@@ -112,9 +112,8 @@ async def run_workflow(
             config=tiny_config(),
             options=opts,
             report_to=listener.id if listener else None,
-            resume_from=checkpoint(10) if warm else None,
+            resume_from=checkpoint(10).model_copy(update={"ray_job_id": warm}) if warm else None,
             stop_at_step=30 if warm else None,
-            warm_job_id=warm,
         )
         handle = await client.start_workflow(CheckpointedTrainingWorkflow.run, req, id=req.run_id, task_queue="q")
         if cancel_after is not None:

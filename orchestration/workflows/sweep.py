@@ -344,16 +344,14 @@ class SweepWorkflow:
         that committed its rung checkpoint, and trains on in it if that job still waits there."""
         trial = seg.trial
         options = {**CHILD, "parent_close_policy": ParentClosePolicy.ABANDON} if self._handover else CHILD
-        resume = trial.latest.checkpoint if trial.latest else None
         ladder = self.s.spec.ladder
         request = TrainingRequest(
             run_id=trial.run_id,
             config=seg.config,
             options=seg.options,
-            resume_from=resume,
+            resume_from=trial.latest.checkpoint if trial.latest else None,
             stop_at_step=seg.stop_at_step,
             park_s=ladder.promotion_wait_s if ladder and trial.rung < self.ladder.top_rung else 0.0,
-            warm_job_id=resume.ray_job_id if resume else None,
             report_to=workflow.info().workflow_id if self._handover else None,
         )
         return await workflow.execute_child_workflow(
