@@ -145,6 +145,7 @@ def test_ladder_decides_as_the_rule_is_written_in_any_order_of_results_and_promo
         passed = [set() for _ in ladder.budgets]
         at = {}  # trial → rung it trains towards
         expected = None
+        log = []  # (trial, rung, score, climbs): what a saved sweep keeps of each result
         for step in range(rng.randint(5, 120)):
             found = ladder.promotion() if rng.random() < 0.4 else None
             if found is not None:
@@ -162,10 +163,16 @@ def test_ladder_decides_as_the_rule_is_written_in_any_order_of_results_and_promo
                     signed, 100 * (1 - 1 / ladder.eta)
                 ):
                     passed[rung].add(trial)
-                ladder.record(trial, rung, score)
+                climbs = ladder.record(trial, rung, score)
+                assert climbs == (rule == "strict" or trial in passed[rung])
+                log.append((trial, rung, score, climbs))
                 results[rung][trial] = score
             expected = _promotion_by_definition(ladder, results, promoted, passed)
             assert ladder.peek() == expected
+        # a new execution rebuilds the ladder in one go from what the sweep saved: the same decisions follow
+        restored = Ladder(1, 27, eta=ladder.eta, mode=mode, rule=rule)
+        restored.restore(rng.sample(log, len(log)), [(t, rung) for rung, ts in enumerate(promoted) for t in ts])
+        assert [restored.promotion() for _ in range(8)] == [ladder.promotion() for _ in range(8)]
 
 
 def test_lenient_cutoff_is_numpys_percentile_to_the_last_bit():
@@ -196,7 +203,7 @@ def test_ladder_ties_go_to_the_lower_trial_id():
 
 
 def test_gc_keeps_the_best_and_everything_that_may_still_be_promoted():
-    from orchestration.sweeps.models import RungResult, Trial, gc_candidates
+    from orchestration.sweeps.trials import RungResult, Trial, TrialTable, gc_candidates
 
     def trial(i, rung, state, results=1):
         rs = [RungResult(rung=k, steps=10 * 3**k, score=0.5) for k in range(results)]
@@ -210,27 +217,28 @@ def test_gc_keeps_the_best_and_everything_that_may_still_be_promoted():
         trial(3, 1, "failed", 1),
         trial(4, 1, "waiting", 2),
     ]
-    assert gc_candidates(trials, top_rung=2, best=best) == ["t1", "t3"]
+    assert gc_candidates(TrialTable.of(trials), top_rung=2, best=best.index) == ["t1", "t3"]
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_a_tpe_proposal_carries_a_bounded_history_with_the_best_and_the_newest(mode):
-    from orchestration.sweeps.models import TPE_GOOD, RungResult, Trial, tpe_history
+    from orchestration.sweeps.trials import TPE_GOOD, RungResult, Trial, TrialTable, tpe_history
 
     rng = random.Random(0)
     trials = [
         Trial(index=i, run_id=f"t{i}", params={"i": i}, results=[RungResult(rung=0, steps=10, score=rng.random())])
         for i in range(3_000)
     ] + [Trial(index=3_000, run_id="t3000", params={"i": 3_000})]  # no result yet: not history
-    assert len(tpe_history(trials[:900], mode, limit=1_000)) == 900  # under the bound: everything, unchanged
-    kept = tpe_history(trials, mode, limit=1_000)
+    table = TrialTable.of(trials)
+    assert len(tpe_history(TrialTable.of(trials[:900]), mode, limit=1_000)) == 900  # under the bound: all of it
+    kept = tpe_history(table, mode, limit=1_000)
     assert len(kept) == 1_000
     indices = [params["i"] for params, _ in kept]
     assert indices == sorted(indices)  # trial order
     ranked = sorted(trials[:3_000], key=lambda t: t.results[0].score, reverse=mode == "max")
     assert {t.index for t in ranked[:TPE_GOOD]} <= set(indices)  # the good set TPE builds is all there
     assert set(range(2_100, 3_000)) <= set(indices)  # then the newest
-    assert len(tpe_history(trials, mode, limit=TPE_GOOD)) == TPE_GOOD
+    assert len(tpe_history(table, mode, limit=TPE_GOOD)) == TPE_GOOD
 
 
 @pytest.mark.parametrize("task", ["reviews", "fashion-mnist"])
@@ -241,3 +249,72 @@ def test_a_proxy_trial_resumed_from_its_rung_checkpoint_trains_as_an_uninterrupt
     train_segment(str(tmp_path / "a.npz"), params, 7, 0, 30, 90, task)
     resumed = train_segment(str(tmp_path / "a.npz"), params, 7, 30, 90, 90, task)
     assert resumed == train_segment(str(tmp_path / "b.npz"), params, 7, 0, 90, 90, task)
+
+
+@pytest.mark.parametrize("rule", ["strict", "lenient"])
+def test_a_sweep_saved_as_a_trial_table_resumes_as_the_sweep_saved_as_trial_records(rule):
+    """A new execution loads the trial table (columns) instead of one record per trial, so 100,000 trials load
+    within a workflow task. A sweep saved before that (records) and the same sweep saved as a table give the
+    same trials, the same ladder and the same leaderboard once loaded; and the table keeps the lenient rule's
+    answers, which the records could only re-derive by replaying every result in order."""
+    from datetime import UTC, datetime, timedelta
+
+    from orchestration.sweeps.models import SweepSpec, SweepState
+    from orchestration.sweeps.trials import RungResult, Trial
+    from orchestration.types import RunOptions
+    from orchestration.workflows.sweep import SweepWorkflow
+
+    spec = SweepSpec.model_validate(
+        {
+            "id": "s",
+            "strategy": "ladder",
+            "ladder": {"min_steps": 10, "max_steps": 270, "eta": 3, "rule": rule},
+            "space": {"params": {"lr": {"type": "uniform", "low": 0.0, "high": 1.0}}},
+            "trainer": "simulated",
+            "trials": 3_000,
+        }
+    )
+    rng, start, spent, trials = random.Random(rule), datetime(2026, 1, 1, tzinfo=UTC), 0, []
+    for i in range(3_000):
+        top = 0
+        while top < 3 and rng.random() < 0.4:
+            top += 1
+        results = []
+        for rung in range(top + 1):
+            spent += 10 * 3**rung
+            at = start + timedelta(seconds=spent / 7)
+            score = rng.choice([0.25, 0.5]) if rng.random() < 0.2 else rng.random()
+            results.append(RungResult(rung=rung, steps=10 * 3**rung, score=score, steps_spent=spent, finished_at=at))
+        state = "completed" if top == 3 else rng.choice(["waiting", "failed"])
+        trials.append(
+            Trial(
+                index=i,
+                run_id=f"s-t{i:04d}",
+                params={"lr": rng.random()},
+                rung=top,
+                state=state,
+                results=results,
+                error="boom" if state == "failed" else None,
+            )
+        )
+
+    def load(state: SweepState) -> SweepWorkflow:
+        wf = object.__new__(SweepWorkflow)
+        wf.__init__(state)
+        return wf
+
+    old = SweepState.model_validate_json(
+        SweepState(spec=spec, options=RunOptions(storage_uri="/x"), trials=trials).model_dump_json()
+    )
+    from_records = load(old)  # the table cannot hold the rule's answers yet: replays every result, in order
+    saved = old.model_dump_json()
+    assert '"results"' not in saved  # saved again: as the table
+    from_table = load(SweepState.model_validate_json(saved))
+    assert from_table.s.trials == trials
+    for part in ("_scores", "_ranked", "_waiting", "_promoted"):
+        assert getattr(from_table.ladder, part) == getattr(from_records.ladder, part)
+    assert from_table.best_key == from_records.best_key
+    assert from_table.leaderboard().trials == from_records.leaderboard().trials
+    ranked = sorted(trials, key=lambda t: (-t.latest.rung, -t.latest.score, t.index))
+    assert from_table.leaderboard().trials == ranked
+    assert [from_table.ladder.promotion() for _ in range(20)] == [from_records.ladder.promotion() for _ in range(20)]

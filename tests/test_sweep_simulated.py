@@ -115,16 +115,16 @@ def test_thousand_trial_ladder_sweep_keeps_history_bounded_and_promotes_correctl
 
 def test_a_sweep_state_past_the_payload_limit_travels_as_a_claim_check(tmp_path):
     """Temporal refuses payloads over 2 MB: a sweep's state (every trial) would stop a sweep at ~7,000 trials. The
-    mechanism, tested with a 16 KB limit: a state many times that size continues as new, completes and is queried,
+    mechanism, tested with a 4 KB limit: a state many times that size continues as new, completes and is queried,
     while no event the server keeps carries more than the limit."""
     from orchestration.payloads import ENCODING, data_converter
 
     s = spec(trials=300, max_concurrency=20, history_limit=400)
-    ((state, histories),) = run(run_sweeps([s], tmp_path, data_converter(str(tmp_path), inline_max=16 * 1024)))
+    ((state, histories),) = run(run_sweeps([s], tmp_path, data_converter(str(tmp_path), inline_max=4 * 1024)))
     assert len(state.trials) == 300 and sorted(t.index for t in state.trials) == list(range(300))
-    assert state.generation >= 2 and len(state.model_dump_json()) > 8 * 16 * 1024
+    assert state.generation >= 2 and len(state.model_dump_json()) > 8 * 4 * 1024
     events = [e for h in histories for e in h.events]
-    assert max(e.ByteSize() for e in events) < 20 * 1024
+    assert max(e.ByteSize() for e in events) < 8 * 1024
     assert sum(ENCODING in e.SerializeToString() for e in events) >= state.generation  # each continue-as-new's state
     assert len(list((tmp_path / "payloads").iterdir())) >= state.generation
 
@@ -311,7 +311,8 @@ def test_a_segments_report_refused_while_the_sweep_continues_as_new_is_sent_agai
     from temporalio.testing import ActivityEnvironment
 
     from orchestration.activities.sweeps import reported
-    from orchestration.sweeps.models import RungResult, Trial, TrialSegment
+    from orchestration.sweeps.models import TrialSegment
+    from orchestration.sweeps.trials import RungResult, Trial
     from ray_jobs.specs import FineTuneConfig
 
     sent: list[str] = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterable
 from typing import Literal
 
 
@@ -55,17 +56,41 @@ class Ladder:
     def top_rung(self) -> int:
         return len(self.budgets) - 1
 
-    def record(self, trial: str, rung: int, score: float) -> None:
+    def record(self, trial: str, rung: int, score: float) -> bool:
+        """Whether the rule lets the trial climb from this result (strict: always; lenient: if it clears the
+        cutoff now). A saved sweep keeps that answer: `restore` cannot re-derive it without the arrival order."""
         if not 0 <= rung <= self.top_rung:
             raise ValueError(f"rung {rung} outside 0..{self.top_rung}")
         if trial in self._scores[rung]:
             raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
         entry = self._entry(trial, score)
-        climbs = rung < self.top_rung and trial not in self._promoted[rung]
-        if climbs and (self.rule == "strict" or self._clears_cutoff(rung, score)):
+        climbs = self.rule == "strict" or self._clears_cutoff(rung, score)
+        if climbs and rung < self.top_rung and trial not in self._promoted[rung]:
             bisect.insort(self._waiting[rung], entry)
         bisect.insort(self._ranked[rung], entry)
         self._scores[rung][trial] = score
+        self._peeked = False
+        return climbs
+
+    def restore(self, results: Iterable[tuple[str, int, float, bool]], promoted: Iterable[tuple[str, int]]) -> None:
+        """Rebuild from a saved sweep in one sort per rung: (trial, rung, score, climbs) for every result, and
+        (trial, rung) for every promotion. The same ladder as recording them one by one, at a fraction of the cost
+        (a new execution must load 100,000 trials within a workflow task's 2 s)."""
+        for trial, rung in promoted:
+            self._promoted[rung].add(trial)
+        top, sign = self.top_rung, -1.0 if self.mode == "max" else 1.0
+        for trial, rung, score, climbs in results:
+            scores = self._scores[rung]
+            if trial in scores:
+                raise ValueError(f"trial {trial!r} already has a result at rung {rung}")
+            scores[trial] = score
+            entry = (sign * score, trial)  # `_entry`, inlined: this loop runs once per result of the whole sweep
+            self._ranked[rung].append(entry)
+            if climbs and rung < top and trial not in self._promoted[rung]:
+                self._waiting[rung].append(entry)
+        for lists in (self._ranked, self._waiting):
+            for ranked in lists:
+                ranked.sort()
         self._peeked = False
 
     def _entry(self, trial: str, score: float) -> tuple[float, str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from temporalio.common import SearchAttributeKey
 
 from orchestration.sweeps.space import SearchSpace
-from orchestration.types import CheckpointInfo, RunOptions
-from ray_jobs.specs import ChosenId, FineTuneConfig, Identifier
+from orchestration.sweeps.trials import RungResult, Trial, TrialTable
+from orchestration.types import Model, RunOptions
+from ray_jobs.specs import ChosenId, FineTuneConfig
 
 # Registered on the local dev server by `ttrain up`; on another server register them once with
 # `temporal operator search-attribute create`, or set TTRAIN_SEARCH_ATTRIBUTES=0.
@@ -22,9 +23,9 @@ ProxyTask = Literal["reviews", "fashion-mnist"]  # the proxy trainer's tasks (`o
 # Changed on a running sweep (updates, extend): not part of what makes a sweep file "the same sweep"
 LIVE_SWEEP_SETTINGS = {"trials", "max_total_steps", "max_gpu_hours", "max_concurrency"}
 # Each continue-as-new hands the whole state to the next execution, which must load it within the SDK's 2 s limit
-# on a workflow task (past it the task fails and is retried, forever): on 2 cores that took 1.8 s at 38,500 trials
-# (bench/RESULTS.md). Carrying compact decision tables instead of every trial's record would lift this.
-MAX_TRIALS = 20_000
+# on a workflow task (past it the task fails and is retried, forever). The trial table (`sweeps.trials`) loads
+# 100,000 trials in about 0.3 s here (bench/RESULTS.md); the cap keeps a wide margin on a loaded worker.
+MAX_TRIALS = 100_000
 
 
 def check_trials(n: int) -> int:
@@ -38,13 +39,7 @@ def check_trials(n: int) -> int:
     return n
 
 
-class _Model(BaseModel):
-    """Wire models (see `orchestration.types.Model`): unknown fields tolerated, NaN carried as a JSON constant."""
-
-    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
-
-
-class LadderSpec(_Model):
+class LadderSpec(Model):
     min_steps: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     eta: int = Field(default=3, ge=2)
@@ -68,7 +63,7 @@ class LadderSpec(_Model):
         return self
 
 
-class SweepSpec(_Model):
+class SweepSpec(Model):
     """What a sweep file says (read with unknown keys refused, `config_loading.validate`). `trainer: simulated`
     replaces training by an instant synthetic learning curve."""
 
@@ -115,17 +110,7 @@ class SweepSpec(_Model):
         return self.ladder.max_steps if self.ladder else (self.base.max_steps or 0)
 
 
-class RungResult(_Model):
-    rung: int
-    steps: int
-    score: float
-    checkpoint: CheckpointInfo | None = None
-    steps_spent: int = 0  # the sweep's completed training steps when this result came in
-    started_at: datetime | None = None  # when the segment that produced it started, and when its result came in
-    finished_at: datetime | None = None
-
-
-class LiveSegment(_Model):
+class LiveSegment(Model):
     """A segment started and not yet reported. Continue-as-new carries these: the next execution adopts them."""
 
     segment_id: str  # `<run id>-r<rung>`: the child workflow's id for real trials, the report's key for all
@@ -135,7 +120,7 @@ class LiveSegment(_Model):
     reports: bool = True  # reports its end by signal (false for segments a sweep started before that existed)
 
 
-class SegmentReport(_Model):
+class SegmentReport(Model):
     """A simulated or proxy segment's result, signalled by its activity when the execution that started it has
     continued as new (its own result then goes nowhere)."""
 
@@ -143,27 +128,12 @@ class SegmentReport(_Model):
     result: RungResult
 
 
-class Trial(_Model):
-    index: int
-    run_id: Identifier
-    params: dict
-    rung: int = 0  # the rung this trial is training towards or has reached
-    state: Literal["running", "waiting", "completed", "failed"] = "running"
-    results: list[RungResult] = Field(default_factory=list)
-    error: str | None = None
-    note: str | None = Field(default=None, description="how its parameters came about, when not as the strategy says")
-
-    @property
-    def latest(self) -> RungResult | None:
-        return self.results[-1] if self.results else None
-
-
-class SweepState(_Model):
+class SweepState(Model):
     """Everything a sweep knows. Continue-as-new carries exactly this, so no trial or decision is ever lost."""
 
     spec: SweepSpec
     options: RunOptions
-    trials: list[Trial] = Field(default_factory=list)
+    table: TrialTable = Field(default_factory=TrialTable)
     steps_used: int = 0  # steps granted to started segments (the budget check)
     steps_done: int = 0  # steps of finished segments
     gpu_hours: float = 0.0  # worker-hours of finished real segments
@@ -174,15 +144,29 @@ class SweepState(_Model):
     warnings: list[str] = Field(default_factory=list, description="side jobs that failed without failing the sweep")
     live: list[LiveSegment] = Field(default_factory=list, description="segments running across continue-as-new")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _trial_records(cls, data: object) -> object:
+        """A sweep saved before the table carried its trials as records: histories of such sweeps still replay."""
+        if isinstance(data, dict) and "trials" in data and "table" not in data:
+            records = [Trial.model_validate(t) for t in data["trials"]]
+            data = {**data, "table": TrialTable.of(records)}
+        return data
 
-class BoardPage(_Model):
+    @property
+    def trials(self) -> list[Trial]:
+        """Every trial as a record: for reading a sweep outside the workflow (the workflow uses the table)."""
+        return self.table.trials()
+
+
+class BoardPage(Model):
     """Which ranked trials a leaderboard query returns: a sweep of 100,000 trials does not fit one answer."""
 
     offset: int = Field(default=0, ge=0)
     limit: int | None = Field(default=None, ge=0, description="at most this many trials; None: all from offset")
 
 
-class SweepLeaderboard(_Model):
+class SweepLeaderboard(Model):
     sweep_id: str
     strategy: str
     metric: str
@@ -198,7 +182,7 @@ class SweepLeaderboard(_Model):
     warnings: list[str] = Field(default_factory=list)
 
 
-class TrialSegment(_Model):
+class TrialSegment(Model):
     """One training segment of one trial: from its last rung checkpoint up to `stop_at_step`."""
 
     sweep_id: str
@@ -211,7 +195,7 @@ class TrialSegment(_Model):
     proxy_task: ProxyTask = "reviews"
 
 
-class TpeRequest(_Model):
+class TpeRequest(Model):
     space: SearchSpace
     history: list[tuple[dict, float]]
     seed: int
@@ -219,39 +203,10 @@ class TpeRequest(_Model):
     mode: str
 
 
-class PlotRequest(_Model):
+class PlotRequest(Model):
     state: SweepState
     uri: str
 
 
-class GcRequest(_Model):
+class GcRequest(Model):
     run_uris: list[str]
-
-
-# Results a TPE proposal carries at most: its cost stays flat however long the sweep. Optuna's TPE splits the
-# history into a "good" set of at most 25 (gamma) and the rest, weighting older trials down: the 25 best and the
-# newest others keep what it looks at.
-TPE_HISTORY = 1_000
-TPE_GOOD = 25
-
-
-def tpe_history(trials: list[Trial], mode: str, limit: int = TPE_HISTORY) -> list[tuple[dict, float]]:
-    """(params, rung-0 score) of the trials a proposal learns from, in trial order: all of them up to `limit`."""
-    scored = [(t.params, t.results[0].score) for t in trials if t.results]
-    if len(scored) <= limit:
-        return scored
-    sign = -1.0 if mode == "max" else 1.0
-    keep = set(sorted(range(len(scored)), key=lambda i: sign * scored[i][1])[:TPE_GOOD])
-    newest = (i for i in range(len(scored) - 1, -1, -1) if i not in keep)
-    keep.update(next(newest) for _ in range(limit - len(keep)))
-    return [scored[i] for i in sorted(keep)]
-
-
-def gc_candidates(trials: list[Trial], top_rung: int, best: Trial | None) -> list[str]:
-    """Keep-best: runs that can never train again and lost. A trial still waiting at a lower rung keeps its
-    checkpoints, because extending the sweep may promote it and it must resume from its rung checkpoint."""
-    return [
-        t.run_id
-        for t in trials
-        if (best is None or t.run_id != best.run_id) and (t.state == "failed" or (t.rung == top_rung and t.results))
-    ]

@@ -18,13 +18,14 @@ class SlotUsage:
 
 
 def slot_usage(state: SweepState) -> SlotUsage:
-    spans = [(r.started_at, r.finished_at) for t in state.trials for r in t.results if r.started_at and r.finished_at]
+    table = state.table
+    spans = [(s, f) for s, f in zip(table.result_started, table.result_finished, strict=True) if s and f]
     if not spans:
         return SlotUsage(0.0, 0.0)
     slots = state.spec.max_concurrency
     begin, last_start = min(s for s, _ in spans), max(s for s, _ in spans)
-    wall = (last_start - begin).total_seconds()
-    busy = sum((min(f, last_start) - s).total_seconds() for s, f in spans if s < last_start)
+    wall = last_start - begin  # seconds
+    busy = sum(min(f, last_start) - s for s, f in spans if s < last_start)
     running, since, longest, filled = 0, None, 0.0, False
     for at, delta in sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans]):
         if at > last_start:
@@ -34,5 +35,5 @@ def slot_usage(state: SweepState) -> SlotUsage:
         if filled and running < slots and since is None:
             since = at
         elif running >= slots and since is not None:
-            longest, since = max(longest, (at - since).total_seconds()), None
+            longest, since = max(longest, at - since), None
     return SlotUsage(busy / (slots * wall) if wall else 1.0, longest)

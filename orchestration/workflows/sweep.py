@@ -34,18 +34,15 @@ with workflow.unsafe.imports_passed_through():
         GcRequest,
         LiveSegment,
         PlotRequest,
-        RungResult,
         SegmentReport,
         SweepLeaderboard,
         SweepState,
         TpeRequest,
-        Trial,
         TrialSegment,
         check_trials,
-        gc_candidates,
-        tpe_history,
     )
     from orchestration.sweeps.space import apply
+    from orchestration.sweeps.trials import RungResult, Trial, gc_candidates, tpe_history
     from orchestration.types import RunReport, TrainingRequest, TrainingResult
     from orchestration.workflows.coordinator import CHILD
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
@@ -76,8 +73,9 @@ class SweepWorkflow:
         self.s = state
         self.live: dict[str, LiveSegment] = {seg.segment_id: seg for seg in state.live}  # handed over, still running
         self.draining = False
-        self.by_run_id = {t.run_id: t for t in state.trials}
-        self.best_key: tuple[int, float] | None = None  # (rung, signed score) of the best result so far
+        self.table = table = state.table
+        self.index_of = {run_id: i for i, run_id in enumerate(table.run_id)}
+        self._ranking: list[int] | None = None  # the leaderboard's order, until the next result
         spec = state.spec
         if spec.uses_ladder:
             assert spec.ladder is not None
@@ -86,17 +84,23 @@ class SweepWorkflow:
         else:
             budget = spec.base.max_steps
             self.ladder = Ladder(budget or 1, budget or 1, 2, spec.mode)
-        # rebuild the ladder's bookkeeping from the carried state, results in the order they came in (the lenient
-        # rule decides on arrival; steps_spent grows with every result)
-        arrived = sorted(((t.run_id, r) for t in state.trials for r in t.results), key=lambda a: a[1].steps_spent)
-        for run_id, r in arrived:
-            self.ladder.record(run_id, r.rung, r.score)
-            self.best_key = max(self.best_key or self._rank(r), self._rank(r))
-        for trial in state.trials:
-            for rung in range(trial.rung):
-                self.ladder.mark_promoted(trial.run_id, rung)
-            if trial.state == "running" and all(seg.run_id != trial.run_id for seg in state.live):
-                trial.state = "failed"  # a sweep of before the live handover drained: it had finished or failed
+        # rebuild the ladder's bookkeeping from the carried table
+        runs = [table.run_id[i] for i in table.result_trial]
+        results = list(zip(runs, table.result_rung, table.result_score, strict=True))
+        promoted = [(table.run_id[i], rung) for i in range(len(table)) for rung in range(table.rung[i])]
+        if len(table.result_climbs) == len(results):
+            self.ladder.restore(
+                ((*r, climbs) for r, climbs in zip(results, table.result_climbs, strict=True)), promoted
+            )
+        else:  # saved before the table kept the rule's answers: ask again, in the order the results came in
+            table.result_climbs = [self.ladder.record(*r) for r in results]
+            for run_id, rung in promoted:
+                self.ladder.mark_promoted(run_id, rung)
+        self.best_key = max((self._rank(rung, score) for _, rung, score in results), default=None)
+        handed_over = {seg.run_id for seg in state.live}
+        for i, trial_state in enumerate(table.state):
+            if trial_state == "running" and table.run_id[i] not in handed_over:
+                table.state[i] = "failed"  # a sweep of before the live handover drained: it had finished or failed
 
     @workflow.run
     async def run(self, state: SweepState) -> SweepState:
@@ -149,7 +153,7 @@ class SweepWorkflow:
         )
 
     def _new_trials_left(self) -> bool:
-        return len(self.s.trials) < self.s.spec.trials and not self._over_budget()
+        return len(self.table) < self.s.spec.trials and not self._over_budget()
 
     def _startable(self) -> bool:
         if self.s.paused or self.s.stopping or self.draining or self.running >= self.s.spec.max_concurrency:
@@ -172,16 +176,17 @@ class SweepWorkflow:
         promoted = None if self._over_budget() else self.ladder.promotion()
         if promoted is not None:
             run_id, rung = promoted
-            trial = self.by_run_id[run_id]
-            trial.rung, trial.state = rung, "running"
+            index = self.index_of[run_id]
+            self.table.rung[index], self.table.state[index] = rung, "running"
         elif self._new_trials_left():
-            trial = await self._new_trial()
+            index = await self._new_trial()
         else:
             return None
+        trial = self.table.trial(index)
         try:
             segment = self._segment(trial)
         except ValueError as exc:
-            trial.state, trial.error = "failed", f"invalid sampled config: {exc}"
+            self.table.fail(index, f"invalid sampled config: {exc}")
             return None
         previous = trial.latest.steps if trial.latest else 0
         self.s.steps_used += segment.stop_at_step - previous
@@ -210,13 +215,13 @@ class SweepWorkflow:
             proxy_task=spec.proxy_task,
         )
 
-    async def _new_trial(self) -> Trial:
+    async def _new_trial(self) -> int:
         spec = self.s.spec
-        index = len(self.s.trials)
+        index = len(self.table)
         note = None
         seeded = random.Random(spec.seed * 1_000_003 + index)
         if spec.strategy == "tpe":
-            history = tpe_history(self.s.trials, spec.mode)  # one budget: rung 0; bounded
+            history = tpe_history(self.table, spec.mode)  # one budget: rung 0; bounded
             try:
                 params = await workflow.execute_activity(
                     "propose_tpe",
@@ -231,10 +236,9 @@ class SweepWorkflow:
                 )
         else:
             params = spec.space.sample(seeded)
-        trial = Trial(index=index, run_id=f"{spec.id}-t{index:04d}", params=params, note=note)
-        self.s.trials.append(trial)
-        self.by_run_id[trial.run_id] = trial
-        return trial
+        run_id = f"{spec.id}-t{index:04d}"
+        self.index_of[run_id] = self.table.add(run_id, params, note)
+        return index
 
     # ---- execution ----
     async def _run_segment(self, seg: TrialSegment) -> None:
@@ -263,7 +267,7 @@ class SweepWorkflow:
         try:
             await workflow.wait_condition(lambda: seg.segment_id not in self.live, timeout=max(wait, timedelta(0)))
         except asyncio.TimeoutError:
-            trial = self.by_run_id[seg.run_id]
+            trial = self.table.trial(self.index_of[seg.run_id])
             self.live[seg.segment_id] = seg.model_copy(update={"started_at": workflow.now()})
             await self._run_segment(self._segment(trial))
 
@@ -272,19 +276,20 @@ class SweepWorkflow:
         live = self.live.pop(segment_id, None)
         if live is None:
             return
-        trial = self.by_run_id[live.run_id]
+        table, index = self.table, self.index_of[live.run_id]
         if result is not None and not math.isfinite(result.score):  # a diverged metric ranks nowhere
             result, error = None, f"{self.s.spec.metric} is {result.score} at step {result.steps}"
         if result is None:
-            trial.state, trial.error = "failed", error
+            table.fail(index, error)
             return
-        self.s.steps_done += result.steps - (trial.latest.steps if trial.latest else 0)
+        earlier = table.positions(index)
+        self.s.steps_done += result.steps - (table.result_steps[earlier[-1]] if earlier else 0)
         result = result.model_copy(
             update={"steps_spent": self.s.steps_done, "started_at": live.started_at, "finished_at": workflow.now()}
         )
-        trial.results.append(result)
-        self.ladder.record(trial.run_id, result.rung, result.score)
-        trial.state = "completed" if trial.rung == self.ladder.top_rung else "waiting"
+        table.record(index, result, self.ladder.record(live.run_id, result.rung, result.score))
+        table.state[index] = "completed" if table.rung[index] == self.ladder.top_rung else "waiting"
+        self._ranking = None
         self._publish_best(result)
 
     @workflow.signal
@@ -321,13 +326,14 @@ class SweepWorkflow:
             except asyncio.TimeoutError:
                 workflow.logger.warning("sweep cancelled; children still closing: %s", sorted(self.live))
 
-    def _rank(self, result: RungResult) -> tuple[int, float]:
-        return result.rung, result.score if self.s.spec.mode == "max" else -result.score
+    def _rank(self, rung: int, score: float) -> tuple[int, float]:
+        """(rung, signed score): how results compare for the best so far."""
+        return rung, score if self.s.spec.mode == "max" else -score
 
     def _publish_best(self, result: RungResult) -> None:
         """Best score, its rung and the trial count as search attributes: the Temporal UI lists sweeps by them.
         Ranked as the leaderboard ranks (higher rung first, then score), updated only when the best changes."""
-        key = self._rank(result)
+        key = self._rank(result.rung, result.score)
         if not self.s.search_attributes or (self.best_key is not None and key <= self.best_key):
             return
         self.best_key = key
@@ -335,7 +341,7 @@ class SweepWorkflow:
             [
                 BEST_SCORE.value_set(result.score),
                 BEST_RUNG.value_set(result.rung),
-                TRIALS.value_set(len(self.s.trials)),
+                TRIALS.value_set(len(self.table)),
             ]
         )
 
@@ -373,17 +379,17 @@ class SweepWorkflow:
         return RungResult(rung=live.rung, steps=ckpt.step, score=result.metrics[metric], checkpoint=ckpt)
 
     def _workers(self, live: LiveSegment) -> int:
-        return self._segment(self.by_run_id[live.run_id]).config.scaling.num_workers
+        return self._segment(self.table.trial(self.index_of[live.run_id])).config.scaling.num_workers
 
     async def _finalize(self) -> None:
         """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results. Both are side
         jobs: retried, and if they still fail the sweep reports it in its warnings and ends as it would have."""
-        best = self.leaderboard(BoardPage(limit=0)).best
+        ranking = self._ranked()
         sweep_uri = storage.join(self.s.options.storage_uri, "sweeps", self.s.spec.id)
         if self.s.spec.trainer == "real":
             losers = [
                 storage.join(self.s.options.storage_uri, "runs", run_id)
-                for run_id in gc_candidates(self.s.trials, self.ladder.top_rung, best)
+                for run_id in gc_candidates(self.table, self.ladder.top_rung, ranking[0] if ranking else None)
             ]
             await self._side_job("delete_runs", GcRequest(run_uris=losers), "checkpoint clean-up")
         plot = PlotRequest(state=self.s, uri=storage.join(sweep_uri, "leaderboard.png"))
@@ -473,23 +479,26 @@ class SweepWorkflow:
     def leaderboard(self, page: BoardPage | None = None) -> SweepLeaderboard:
         """Ranked trials, one page of them when asked (`ttrain leaderboard --top N`, or `--json` page by page)."""
         page = page or BoardPage()
-        sign = -1.0 if self.s.spec.mode == "max" else 1.0
-        scored = [t for t in self.s.trials if t.results]
-        ranked = sorted(scored, key=lambda t: (-t.latest.rung, sign * t.latest.score, t.index))
-        everyone = ranked + [t for t in self.s.trials if not t.results]
+        ranked = self._ranked()
+        everyone = ranked + self.table.unscored()
         end = None if page.limit is None else page.offset + page.limit
         return SweepLeaderboard(
             sweep_id=self.s.spec.id,
             strategy=self.s.spec.strategy,
             metric=self.s.spec.metric,
             mode=self.s.spec.mode,
-            trials_started=len(self.s.trials),
+            trials_started=len(self.table),
             trials_total=self.s.spec.trials,
             steps_used=self.s.steps_used,
             paused=self.s.paused,
             stopping=self.s.stopping,
-            best=ranked[0] if ranked else None,
-            trials=everyone[page.offset : end],
+            best=self.table.trial(ranked[0]) if ranked else None,
+            trials=[self.table.trial(i) for i in everyone[page.offset : end]],
             offset=page.offset,
             warnings=self.s.warnings,
         )
+
+    def _ranked(self) -> list[int]:
+        if self._ranking is None:
+            self._ranking = self.table.ranked(self.s.spec.mode)
+        return self._ranking
