@@ -8,6 +8,8 @@ CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c cluster
 TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
+# the demo's and the tests' state stays in the repository (a user's default is per user: `ttrain` from anywhere)
+export TTRAIN_HOME ?= $(CURDIR)/.ttrain
 # The offline real image dataset: Debian's dataset-fashion-mnist (IDX files). The tests train on it.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

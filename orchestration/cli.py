@@ -18,12 +18,14 @@ from datetime import datetime
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
+from orchestration import inventory
 from orchestration.client import connect
 from orchestration.config_loading import ConfigError, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
 from orchestration.launch import Launched, launch
 from orchestration.ledger import newest
+from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
 from orchestration.sweeps.models import (
     LIVE_SWEEP_SETTINGS,
@@ -604,6 +606,35 @@ def cmd_ps(args, settings: Settings) -> int:
     return 0
 
 
+async def cmd_ls(args, settings: Settings) -> int:
+    listed = await inventory.list_work(await _client(settings), args.kind and [args.kind], args.limit)
+    if args.json:
+        print(json.dumps([item.model_dump(mode="json") for item in listed]))
+        return 0
+    for item in listed:
+        closed = f"  closed {item.closed:%Y-%m-%d %H:%M:%S}" if item.closed else ""
+        print(
+            f"{item.kind:<12} {item.status.lower():<15} {item.id:<40} started {item.started:%Y-%m-%d %H:%M:%S}{closed}"
+        )
+    return 0
+
+
+async def cmd_cancel(args, settings: Settings) -> int:
+    closed = await inventory.cancel(await _client(settings), args.id)
+    print(f"{closed.kind} {closed.id}: {closed.status.lower()}")
+    return 0
+
+
+async def cmd_logs(args, settings: Settings) -> int:
+    status, _ = await run_status(await _client(settings), args.run_id)
+    if not status.ray_job_id:
+        raise CliError(f"run {args.run_id!r} has no Ray job yet ({status.state})")
+    ray = RaySubmission(settings.ray_address)
+    async for chunk in inventory.job_logs(ray, status.ray_job_id, args.follow):
+        print(chunk, end="", flush=True)
+    return 0
+
+
 def cmd_worker(args, settings: Settings) -> int:
     from orchestration.worker import run_worker
 
@@ -622,8 +653,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("ps", help="show the local stack")
     w = sub.add_parser("worker", help="run one Temporal worker in the foreground")
     w.add_argument("--queue", choices=["training", "orchestration"], required=True)
-    t = sub.add_parser("train", help="start a checkpointed fine-tuning run")
-    t.add_argument("--config", help="YAML or JSON FineTuneConfig")
+    t = sub.add_parser("train", help="start a checkpointed training run (any kind)")
+    t.add_argument("--config", help="YAML or JSON config: text (default), `kind: image` or `kind: custom`")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--run-id")
     t.add_argument("--detach", action="store_true", help="print the run id and return")
@@ -674,6 +705,15 @@ def parser() -> argparse.ArgumentParser:
     lb.add_argument("sweep_id")
     lb.add_argument("--top", type=int, metavar="N", help=f"the N best trials (table default {TABLE_TOP}, JSON: all)")
     lb.add_argument("--json", action="store_true", help="the whole leaderboard as JSON (fetched a page at a time)")
+    ls = sub.add_parser("ls", help="runs, sweeps, experiment sets and scale-ups, newest first, with their state")
+    ls.add_argument("--kind", choices=sorted(set(inventory.KINDS.values())))
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    cn = sub.add_parser("cancel", help="cancel a run, sweep, experiment set or scale-up; its Ray jobs stop")
+    cn.add_argument("id")
+    lg = sub.add_parser("logs", help="a run's Ray job log (its newest job)")
+    lg.add_argument("run_id")
+    lg.add_argument("--follow", "-f", action="store_true", help="go on printing until the job ends")
     sub.add_parser("doctor", help="check the Temporal and Ray endpoints, workers, storage and GPUs")
     cifar_cli().add_parser(sub)
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
@@ -695,6 +735,9 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "sweep-ctl": cmd_sweep_ctl,
     "leaderboard": cmd_leaderboard,
+    "ls": cmd_ls,
+    "cancel": cmd_cancel,
+    "logs": cmd_logs,
     "doctor": cmd_doctor,
     "demo": cmd_demo,
     "cifar10": lambda args, settings: cifar_cli().dispatch(args, settings),

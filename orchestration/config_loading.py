@@ -1,4 +1,5 @@
-"""Config files and `--set key=value` overrides → a validated config (FineTuneConfig by default), or one readable line saying why not."""
+"""Config files and `--set key=value` overrides → a validated config (of the kind it names), or one readable line
+saying why not."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ray_jobs.specs import FineTuneConfig
+from ray_jobs.specs import CONFIG_KINDS, CustomTrainConfig
 
 
 class ConfigError(ValueError):
@@ -97,9 +98,29 @@ def load_config(
     path: str | None,
     overrides: list[str],
     base: dict[str, Any] | None = None,
-    model: type[BaseModel] = FineTuneConfig,
+    model: type[BaseModel] | None = None,
 ) -> Any:
+    """`model` None: the config's `kind` picks it (text when absent, as configs were before other kinds)."""
     data = copy.deepcopy(base or {})  # overrides write into nested sections: never into the caller's dict
     if path:
         data.update(read_mapping(path))
-    return validate(model, apply_overrides(data, overrides))
+    data = apply_overrides(data, overrides)
+    if model is None:
+        kind = data.get("kind", "text")
+        if kind not in CONFIG_KINDS:
+            raise ConfigError(f"invalid config: kind {kind!r} is not one of {sorted(CONFIG_KINDS)}")
+        model = CONFIG_KINDS[kind]
+    config = validate(model, data)
+    if isinstance(config, CustomTrainConfig):
+        config = _anchored(config, Path(path).parent if path else Path.cwd())
+    return config
+
+
+def _anchored(config: CustomTrainConfig, base: Path) -> CustomTrainConfig:
+    """A relative `working_dir` is relative to the config file (as in a compose file), made absolute here: the
+    training worker that submits the job runs elsewhere, in another directory."""
+    working_dir = config.runtime_env.working_dir
+    if not working_dir or "://" in working_dir or Path(working_dir).is_absolute():
+        return config
+    runtime_env = config.runtime_env.model_copy(update={"working_dir": str((base / working_dir).resolve())})
+    return config.model_copy(update={"runtime_env": runtime_env})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import requests
@@ -106,7 +107,7 @@ class RaySubmission:
         module: str,
         spec_uri: str,
         python: str,
-        env: dict[str, str],
+        runtime_env: dict[str, Any] | None,
         incarnation: str | None = None,
     ) -> None:
         """Submitting an id that exists is refused by Ray: that refusal means an earlier try already submitted it."""
@@ -119,7 +120,7 @@ class RaySubmission:
                 entrypoint=f"{python} -m {module} --spec {shlex.quote(spec_uri)}",
                 submission_id=job_id,
                 metadata=metadata,
-                runtime_env={"env_vars": env} if env else None,
+                runtime_env=runtime_env or None,
             )
         except RuntimeError as exc:
             if "already exists" not in str(exc):
@@ -134,11 +135,22 @@ class RaySubmission:
         while self.status(job_id) in LIVE and time.monotonic() < deadline:
             time.sleep(0.5)
 
+    def logs(self, job_id: str) -> str:
+        return self._call("get_job_logs", job_id)
+
     def logs_tail(self, job_id: str, chars: int = 4000) -> str:
         try:
-            return self._call("get_job_logs", job_id)[-chars:]
+            return self.logs(job_id)[-chars:]
         except (RuntimeError, RayUnavailable):
             return ""
+
+    async def follow_logs(self, job_id: str) -> AsyncIterator[str]:
+        """The job's log as it is written, until the job ends (Ray's websocket tail)."""
+        if self.status(job_id) is None:  # connects first: an unreachable dashboard is a RayUnavailable here
+            raise RuntimeError(f"Ray job {job_id} does not exist")
+        assert self._client is not None
+        async for chunk in self._client.tail_job_logs(job_id):
+            yield chunk
 
 
 def _incarnation(job: Any, default: str | None) -> str | None:

@@ -10,10 +10,17 @@ import json
 import os
 from pathlib import Path
 
+import platformdirs
 from pydantic import BaseModel
 
 ADDRESSES_FILE = "addresses.json"
 INLINE_MAX = 256 * 1024  # Temporal warns from 512 KB and refuses 2 MB
+
+
+def default_home() -> Path:
+    """Per user, not per directory: `ttrain status` finds the same stack and runs from wherever it is typed
+    (`~/.local/share/ttrain` on Linux). The Makefile keeps its demo and tests in the repository's `.ttrain`."""
+    return platformdirs.user_data_path("ttrain")
 
 
 class Settings(BaseModel):
@@ -41,7 +48,7 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        home = Path(env.get("TTRAIN_HOME", ".ttrain")).expanduser().absolute()
+        home = Path(env.get("TTRAIN_HOME") or default_home()).expanduser().absolute()
         saved = home / "run" / ADDRESSES_FILE
         if saved.exists():  # the environment still wins over what `up` remembered
             env = {**json.loads(saved.read_text()), **env}

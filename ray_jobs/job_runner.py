@@ -194,7 +194,9 @@ def report(spec: JobSpec, metrics: dict, rank: int, save_weights: Callable[[str]
         storage.write_json(commit_record_uri(run_dir(spec), spec.ray_job_id, step), record.model_dump(mode="json"))
 
 
-def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.train.torch.TorchTrainer:
+def build_trainer(
+    spec: JobSpec, train_loop: Callable[[dict], None], callbacks: list[ray.train.UserCallback] | None = None
+) -> ray.train.torch.TorchTrainer:
     """The Ray Train run is named after the Ray job: its checkpoints land in the job's own directory, and Ray
     applies `keep_last` to them (the training activity applies it to the run's older jobs, and tells the ledger).
     Ray Train restarts nothing by default (`TTRAIN_RAY_MAX_FAILURES`): the activity is the one retry authority,
@@ -213,6 +215,7 @@ def build_trainer(spec: JobSpec, train_loop: Callable[[dict], None]) -> ray.trai
             storage_path=run_dir(spec),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.config.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))),
+            callbacks=callbacks,
         ),
     )
 
@@ -231,8 +234,12 @@ def failure_outcome(ray_job_id: str, exc: ray.train.TrainingFailedError) -> JobO
     chosen = next((e for e in raised if isinstance(e, DeterministicJobError)), raised[0] if raised else None)
     if chosen is None:
         cause = getattr(exc, "controller_failure", None) or (failures[0] if failures else exc)
-        return JobOutcome(
-            ray_job_id=ray_job_id, status="failed", error_type=type(cause).__name__, message=_first_line(cause)
+        return JobOutcome(  # a controller callback may refuse what a loop reported (`custom_job.CommitRecorder`)
+            ray_job_id=ray_job_id,
+            status="failed",
+            error_type=type(cause).__name__,
+            message=_first_line(cause),
+            deterministic=isinstance(cause, DeterministicJobError),
         )
     return JobOutcome(
         ray_job_id=ray_job_id,
@@ -249,17 +256,37 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def main(train_loop: Callable[[dict], None], description: str, argv: list[str] | None = None) -> int:
+def main(
+    train_loop: Callable[[dict], None],
+    description: str,
+    argv: list[str] | None = None,
+    callbacks: Callable[[JobSpec], list[ray.train.UserCallback]] | None = None,
+    check: Callable[[JobSpec], None] | None = None,
+) -> int:
+    """`check` refuses a spec before any Ray Train worker starts (with a `DeterministicJobError`); `callbacks` run
+    in Ray Train's controller."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--spec", required=True, help="path or URI of a JobSpec JSON file")
     args = parser.parse_args(argv)
     spec = JobSpec.model_validate(storage.read_json(args.spec))
     outcome_uri = storage.join(job_dir(run_dir(spec), spec.ray_job_id), OUTCOME_FILE)
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
+    print(f"ttrain job {spec.run_id} ({spec.ray_job_id}): from step {spec.resume_from_step}", flush=True)
     try:
-        result = build_trainer(spec, train_loop).fit()
-    except ray.train.TrainingFailedError as exc:
-        outcome = failure_outcome(spec.ray_job_id, exc)
+        if check is not None:
+            check(spec)
+        result = build_trainer(spec, train_loop, callbacks(spec) if callbacks else None).fit()
+    except (ray.train.TrainingFailedError, DeterministicJobError) as exc:
+        if isinstance(exc, DeterministicJobError):
+            outcome = JobOutcome(
+                ray_job_id=spec.ray_job_id,
+                status="failed",
+                error_type=type(exc).__name__,
+                message=_first_line(exc),
+                deterministic=True,
+            )
+        else:
+            outcome = failure_outcome(spec.ray_job_id, exc)
         storage.write_json(outcome_uri, outcome.model_dump(mode="json"))
         print(f"ttrain job {spec.run_id} failed: {outcome.error_type}: {outcome.message}", file=sys.stderr, flush=True)
         return 3 if outcome.deterministic else 1

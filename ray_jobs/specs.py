@@ -145,14 +145,54 @@ class ImageTrainConfig(Strict):
         return _check_global_batch(self)
 
 
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class RuntimeEnv(Strict):
+    """The part of Ray's `runtime_env` that ships a user's code to the cluster, the way Ray users already do it:
+    `working_dir` (a local folder, uploaded by Ray from the machine that submits the job, i.e. the training worker's,
+    or a remote zip URI) is the workers' current directory and on their import path; `pip` installs packages;
+    `env_vars` are set in every worker."""
+
+    working_dir: str | None = None
+    pip: list[str] = Field(default_factory=list)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+
+
+class CustomTrainConfig(Strict):
+    """The user's own Ray Train loop: `entrypoint` names a standard per-worker function (`module:function`), which
+    is called with `train_loop_config` on every worker. It trains steps 1..`max_steps`, and reads where to resume and
+    where to stop from `ray_jobs.loop` (the ladder's rungs stop it early, a promotion moves the stop)."""
+
+    kind: Literal["custom"] = "custom"
+    entrypoint: Annotated[str, StringConstraints(pattern=ENTRYPOINT_PATTERN)] = Field(
+        description="`package.module:function`, importable on the Ray workers (installed, or in runtime_env)"
+    )
+    train_loop_config: dict[str, Any] = Field(default_factory=dict)
+    max_steps: int = Field(ge=1, description="the run's whole budget: the LR schedule spans it, rungs cut it")
+    seed: int = Field(default=42, ge=0)
+    checkpoint_every_steps: int = Field(default=50, ge=1)
+    keep_last: int = Field(default=3, ge=1, le=1000, description="checkpoints kept per run (the ledger carries them)")
+    scaling: RayScaling = Field(default_factory=RayScaling)
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+
+
 def _kind(value: Any) -> str:
     """Configs written before image runs existed carry no `kind`: they are text fine-tunes."""
     return (value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)) or "text"
 
 
 TrainConfig = Annotated[
-    Annotated[FineTuneConfig, Tag("text")] | Annotated[ImageTrainConfig, Tag("image")], Discriminator(_kind)
+    Annotated[FineTuneConfig, Tag("text")]
+    | Annotated[ImageTrainConfig, Tag("image")]
+    | Annotated[CustomTrainConfig, Tag("custom")],
+    Discriminator(_kind),
 ]
+CONFIG_KINDS: dict[str, type[FineTuneConfig | ImageTrainConfig | CustomTrainConfig]] = {
+    "text": FineTuneConfig,
+    "image": ImageTrainConfig,
+    "custom": CustomTrainConfig,
+}
 
 
 class SnapshotManifest(Strict):
@@ -186,8 +226,18 @@ class ImageSnapshotManifest(Strict):
     std: list[float]
 
 
+class NoSnapshot(Strict):
+    """A custom run's loop reads its own data: ttrain freezes none, and records that it did not."""
+
+    kind: Literal["custom"] = "custom"
+    snapshot_id: str = "none"
+
+
 Manifest = Annotated[
-    Annotated[SnapshotManifest, Tag("text")] | Annotated[ImageSnapshotManifest, Tag("image")], Discriminator(_kind)
+    Annotated[SnapshotManifest, Tag("text")]
+    | Annotated[ImageSnapshotManifest, Tag("image")]
+    | Annotated[NoSnapshot, Tag("custom")],
+    Discriminator(_kind),
 ]
 
 

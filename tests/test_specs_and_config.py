@@ -241,3 +241,30 @@ def test_top_level_must_be_a_mapping(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match="the top level must be a mapping"):
         load_config(str(path), [])
+
+
+def test_state_lives_in_one_place_per_user_wherever_ttrain_is_typed(tmp_path, monkeypatch):
+    from orchestration.settings import Settings
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    homes = set()
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        monkeypatch.chdir(tmp_path / where)
+        homes.add(Settings.from_env({}).home)
+    assert homes == {tmp_path / "data" / "ttrain"}
+    assert Settings.from_env({"TTRAIN_HOME": str(tmp_path / "mine")}).home == tmp_path / "mine"
+
+
+def test_a_custom_configs_working_dir_is_relative_to_its_file(tmp_path, monkeypatch):
+    from ray_jobs.specs import CustomTrainConfig
+
+    (tmp_path / "proj" / "code").mkdir(parents=True)
+    path = tmp_path / "proj" / "run.yaml"
+    path.write_text("kind: custom\nentrypoint: train:main\nmax_steps: 5\nruntime_env: {working_dir: code}\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(str(path), [])
+    assert isinstance(config, CustomTrainConfig)
+    assert config.runtime_env.working_dir == str(tmp_path / "proj" / "code")
+    remote = load_config(str(path), ["runtime_env.working_dir=s3://bucket/code.zip"])
+    assert remote.runtime_env.working_dir == "s3://bucket/code.zip"

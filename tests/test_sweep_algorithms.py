@@ -8,8 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from orchestration.sweeps.ladder import Ladder
+from orchestration.sweeps.models import SweepSpec
 from orchestration.sweeps.space import SearchSpace, apply
-from ray_jobs.specs import FineTuneConfig
+from ray_jobs.specs import CustomTrainConfig, FineTuneConfig, ImageTrainConfig
 
 SPACE = {
     "lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
@@ -52,7 +53,35 @@ def test_apply_sets_dotted_keys_and_revalidates():
 )
 def test_bad_spaces_are_refused(params):
     with pytest.raises(ValidationError):
-        SearchSpace.model_validate({"params": params})
+        SweepSpec.model_validate({"id": "s", "space": {"params": params}, "base": {"max_steps": 10}})
+
+
+CUSTOM = {"kind": "custom", "entrypoint": "ray_jobs.examples.mlp:train_func", "max_steps": 40}
+
+
+def test_a_space_names_the_keys_of_its_base_configs_kind():
+    """A custom loop's own settings live in `train_loop_config`, free-form: any key under it can be swept (and
+    goes to the loop); elsewhere only the kind's own keys. An image sweep sweeps image keys."""
+    space = {
+        "train_loop_config.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1},
+        "seed": {"type": "int", "low": 0, "high": 9},
+    }
+    spec = SweepSpec.model_validate({"id": "c", "space": {"params": space}, "base": CUSTOM})
+    config = apply(spec.base, {"train_loop_config.lr": 0.05, "train_loop_config.model.width": 8, "seed": 3})
+    assert type(config) is CustomTrainConfig
+    assert (config.train_loop_config, config.seed) == ({"lr": 0.05, "model": {"width": 8}}, 3)
+    with pytest.raises(ValidationError, match="keys of the custom config"):
+        SweepSpec.model_validate({"id": "c", "space": {"params": {"lr": space["seed"]}}, "base": CUSTOM})
+    image = SweepSpec.model_validate(
+        {
+            "id": "i",
+            "space": {"params": {"width": {"type": "choice", "values": [8, 16]}}},
+            "base": {"kind": "image", "max_steps": 9},
+        }
+    )
+    assert type(apply(image.base, {"width": 8})) is ImageTrainConfig
+    with pytest.raises(ValidationError, match="keys of the text config"):
+        SweepSpec.model_validate({"id": "t", "space": {"params": {"width": space["seed"]}}, "base": {"max_steps": 9}})
 
 
 def test_ladder_rungs_and_argument_checks():
@@ -257,7 +286,7 @@ def test_a_sweep_saved_as_a_trial_table_resumes_as_the_sweep_saved_as_trial_reco
     within a workflow task. A sweep saved before that (records) and the same sweep saved as a table give the
     same trials, the same ladder and the same leaderboard once loaded; and the table keeps the lenient rule's
     answers, which the records could only re-derive by replaying every result in order."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import datetime, timedelta, timezone
 
     from orchestration.sweeps.models import SweepSpec, SweepState
     from orchestration.sweeps.trials import RungResult, Trial
@@ -274,7 +303,7 @@ def test_a_sweep_saved_as_a_trial_table_resumes_as_the_sweep_saved_as_trial_reco
             "trials": 3_000,
         }
     )
-    rng, start, spent, trials = random.Random(rule), datetime(2026, 1, 1, tzinfo=UTC), 0, []
+    rng, start, spent, trials = random.Random(rule), datetime(2026, 1, 1, tzinfo=timezone.utc), 0, []
     for i in range(3_000):
         top = 0
         while top < 3 and rng.random() < 0.4:

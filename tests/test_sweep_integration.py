@@ -241,3 +241,28 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
     bad.write_text("id: x\nstrategy: ladder\nspace: {params: {lr: {type: uniform, low: 0, high: 1}}}\n")
     out = ttrain("sweep", str(bad))
     assert out.returncode == 2 and "ladder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_image_ladder_sweep_of_two_worker_trials_completes_with_a_leaderboard(stack, tmp_path):
+    """Any kind is a sweep's base: Fashion-MNIST (the offline real dataset), each trial on 2 Ray Train workers."""
+    sweep_file = tmp_path / "images.yaml"
+    sweep_file.write_text(
+        "id: it-image-sweep\nstrategy: ladder\nladder: {min_steps: 6, max_steps: 12, eta: 2}\ntrials: 2\n"
+        "max_concurrency: 2\nseed: 1\nbase: {kind: image, dataset: fashion-mnist, max_train_rows: 512, width: 8,\n"
+        "  batch_size: 64, checkpoint_every_steps: 6, scaling: {num_workers: 2}}\n"
+        "space:\n  params:\n    lr: {type: loguniform, low: 0.01, high: 0.3}\n    width: {type: choice, values: [8, 12]}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "sweep", str(sweep_file)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    board = json.loads(ttrain("leaderboard", "it-image-sweep", "--json").stdout)
+    trials = board["trials"]
+    assert board["trials_started"] == 2 and len(trials) == 2
+    assert [r["steps"] for r in trials[0]["results"]] == [6, 12]  # the better rung-0 result climbed
+    assert [r["steps"] for r in trials[1]["results"]] == [6]
+    assert trials[0]["results"][0]["score"] >= trials[1]["results"][0]["score"]
+    assert all(0.0 < r["score"] <= 1.0 for t in trials for r in t["results"])  # Fashion-MNIST test accuracy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from temporalio import activity
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
@@ -10,13 +12,15 @@ from orchestration.activities.heartbeat import in_thread
 from orchestration.errors import invalid
 from orchestration.types import DatasetSnapshot, SnapshotRequest
 from ray_jobs.models import ModelNotFound, resolve_model_path, tokenizer_identity
-from ray_jobs.specs import FineTuneConfig, ImageTrainConfig, SnapshotManifest
+from ray_jobs.specs import CustomTrainConfig, FineTuneConfig, ImageTrainConfig, NoSnapshot, SnapshotManifest
 
 
 def build(req: SnapshotRequest) -> DatasetSnapshot:
     cfg = req.config
     if isinstance(cfg, ImageTrainConfig):
         return build_images(req, cfg)
+    if isinstance(cfg, CustomTrainConfig):
+        return no_snapshot(cfg)
     try:
         model_path = resolve_model_path(cfg.model)
         AutoTokenizer.from_pretrained(model_path)  # proves the model reference loads before any compute is spent
@@ -46,6 +50,15 @@ def model_mismatch(cfg: FineTuneConfig, model_config: PretrainedConfig, manifest
             f"the data has {labels} (use its base encoder, or data with the same labels)"
         )
     return None
+
+
+def no_snapshot(cfg: CustomTrainConfig) -> DatasetSnapshot:
+    """A custom loop reads its own data. What can be checked before compute is checked here, on the machine that
+    submits the job: Ray uploads a local `working_dir` from it."""
+    working_dir = cfg.runtime_env.working_dir
+    if working_dir and "://" not in working_dir and not Path(working_dir).is_dir():
+        raise invalid(f"runtime_env.working_dir {working_dir!r} is not a folder on this training worker")
+    return DatasetSnapshot(snapshot_id=NoSnapshot().snapshot_id, uri="", manifest=NoSnapshot(), reused=True)
 
 
 def build_images(req: SnapshotRequest, cfg: ImageTrainConfig) -> DatasetSnapshot:

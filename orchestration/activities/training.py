@@ -48,9 +48,9 @@ from ray_jobs.outcome import (
     read_parked,
     read_progress,
 )
-from ray_jobs.specs import JobSpec
+from ray_jobs.specs import CustomTrainConfig, JobSpec, TrainConfig
 
-JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job"}  # by config kind
+JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job", "custom": "ray_jobs.custom_job"}
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TTRAIN_RAY_MAX_FAILURES")
 T = TypeVar("T")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its log prefixes
@@ -84,8 +84,22 @@ def submit_job(
     way a ttrain job reaches Ray (the activity, and the benches and tests that run the same job without Temporal)."""
     spec_uri = storage.join(storage_uri, "jobs", f"{spec.ray_job_id}.json")
     storage.write_json(spec_uri, spec.model_dump(mode="json"))
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    ray.submit(spec.ray_job_id, spec.run_id, JOB_MODULES[spec.config.kind], spec_uri, python, env, incarnation)
+    module = JOB_MODULES[spec.config.kind]
+    ray.submit(spec.ray_job_id, spec.run_id, module, spec_uri, python, runtime_env(spec.config), incarnation)
+
+
+def runtime_env(config: TrainConfig) -> dict[str, Any]:
+    """Ray's runtime_env for the job: the environment a job needs from this worker (offline mode, Ray's retries),
+    and for a custom loop the code, packages and variables its config ships with it."""
+    env: dict[str, Any] = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    if isinstance(config, CustomTrainConfig):
+        ship = config.runtime_env
+        env["env_vars"].update(ship.env_vars)
+        if ship.working_dir:
+            env["working_dir"] = ship.working_dir
+        if ship.pip:
+            env["pip"] = list(ship.pip)
+    return {k: v for k, v in env.items() if v}
 
 
 class TrainingActivities:

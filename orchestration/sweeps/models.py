@@ -11,7 +11,7 @@ from temporalio.common import SearchAttributeKey
 from orchestration.sweeps.space import SearchSpace
 from orchestration.sweeps.trials import RungResult, Trial, TrialTable
 from orchestration.types import Model, RunOptions
-from ray_jobs.specs import ChosenId, FineTuneConfig
+from ray_jobs.specs import ChosenId, FineTuneConfig, TrainConfig
 
 # Registered on the local dev server by `ttrain up`; on another server register them once with
 # `temporal operator search-attribute create`, or set TTRAIN_SEARCH_ATTRIBUTES=0.
@@ -72,7 +72,7 @@ class SweepSpec(Model):
     ladder: LadderSpec | None = None
     tpe_with_ladder: bool = False
     space: SearchSpace
-    base: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    base: TrainConfig = Field(default_factory=FineTuneConfig)
     metric: str = "eval_accuracy"
     mode: Literal["max", "min"] = "max"
     trials: int = Field(default=10, ge=1)
@@ -88,6 +88,11 @@ class SweepSpec(Model):
     )
     proxy_task: ProxyTask = Field(default="reviews", description="proxy trainer only: which task (`sweeps.proxy`)")
     history_limit: int = Field(default=4_000, ge=200, description="events per run before continue-as-new")
+
+    @model_validator(mode="after")
+    def _keys_exist(self) -> SweepSpec:
+        self.space.check_keys(self.base)
+        return self
 
     @model_validator(mode="after")
     def _ladder_needs_rungs(self) -> SweepSpec:
@@ -187,7 +192,7 @@ class TrialSegment(Model):
 
     sweep_id: str
     trial: Trial
-    config: FineTuneConfig
+    config: TrainConfig
     stop_at_step: int
     options: RunOptions
     segment_id: str = ""

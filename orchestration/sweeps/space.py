@@ -1,4 +1,4 @@
-"""Search spaces over FineTuneConfig keys, sampled with a random source the caller owns.
+"""Search spaces over a config's keys (dotted), sampled with a random source the caller owns.
 
 A workflow passes `workflow.random()`, so the same sweep seed gives the same trials on every replay.
 """
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ray_jobs.specs import FineTuneConfig
+C = TypeVar("C", bound=BaseModel)
 
 
 class _Dim(BaseModel):
@@ -73,18 +73,23 @@ Dimension = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discrimina
 
 
 class SearchSpace(BaseModel):
-    """Dotted FineTuneConfig keys → dimensions. Every key must exist in the config: a typo is an error, not a no-op."""
+    """Dotted config keys → dimensions (`SweepSpec` checks them against its base config)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     params: dict[str, Dimension] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _keys_exist(self) -> SearchSpace:
-        known = _config_keys(FineTuneConfig)
-        unknown = sorted(k for k in self.params if k not in known)
+    def check_keys(self, base: BaseModel) -> None:
+        """Every key must name a key of the base config (any key under a free-form section such as a custom loop's
+        `train_loop_config`): a typo is an error, not a no-op."""
+        known = _config_keys(type(base))
+        free = {k for k, v in base.model_dump().items() if isinstance(v, dict) and k not in _nested_models(type(base))}
+        unknown = sorted(k for k in self.params if k not in known and k.split(".")[0] not in free)
         if unknown:
-            raise ValueError(f"unknown search-space keys {unknown}; they must be FineTuneConfig keys like 'lr'")
-        return self
+            kind = getattr(base, "kind", "text")
+            example = "train_loop_config.lr" if free else "lr"
+            raise ValueError(
+                f"unknown search-space keys {unknown}; they must be keys of the {kind} config, like {example!r}"
+            )
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """One draw per key in sorted key order, so adding a key never reshuffles the others' sequence position."""
@@ -101,13 +106,21 @@ def _config_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     return keys
 
 
-def apply(base: FineTuneConfig, params: dict[str, Any]) -> FineTuneConfig:
+def _nested_models(model: type[BaseModel]) -> set[str]:
+    return {
+        name
+        for name, field in model.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
+
+
+def apply(base: C, params: dict[str, Any]) -> C:
     """The base config with dotted keys replaced, validated again (a sampled batch size must still split evenly)."""
     data = base.model_dump()
     for key, value in params.items():
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node[part]
+            node = node.setdefault(part, {})
         node[leaf] = value
-    return FineTuneConfig.model_validate(data)
+    return type(base).model_validate(data)

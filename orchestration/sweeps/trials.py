@@ -8,7 +8,7 @@ is built only for what leaves the workflow: a segment's input, a leaderboard pag
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import Field, PrivateAttr
@@ -49,7 +49,7 @@ def _stamp(at: datetime | None) -> float | None:
 
 
 def _at(stamp: float | None) -> datetime | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc)
 
 
 class TrialTable(Model):

@@ -1,0 +1,108 @@
+"""The user's own Ray Train loop (`kind: custom`), made durable: the job ttrain submits for custom runs.
+
+    python -m ray_jobs.custom_job --spec /path/or/uri/to/spec.json
+
+The driver imports the loop's entrypoint before any worker starts (a typo fails the run at once, not after a worker
+group is up); every worker binds its `ray_jobs.loop` context and calls the user's function with its
+`train_loop_config`; and Ray Train's controller records every checkpoint it commits (`CommitRecorder`), which is how
+the training activity mirrors them into the run's ledger, exactly as for ttrain's own jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import ray.train
+
+from ray_jobs import job_runner, loop, storage
+from ray_jobs.outcome import CommittedCheckpoint, InvalidJobInput, commit_record_uri, job_dir
+from ray_jobs.specs import CustomTrainConfig, JobSpec
+
+
+def entrypoint(cfg: CustomTrainConfig) -> Callable[[dict], None]:
+    module_name, _, attr = cfg.entrypoint.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidJobInput(f"entrypoint {cfg.entrypoint!r} cannot be imported: {exc}") from None
+    if not callable(function):
+        raise InvalidJobInput(f"entrypoint {cfg.entrypoint!r} is not a function")
+    return function
+
+
+def check(spec: JobSpec) -> None:
+    assert isinstance(spec.config, CustomTrainConfig), "custom_job runs custom configs"
+    entrypoint(spec.config)
+
+
+def train_loop_per_worker(spec_json: dict) -> None:
+    spec = JobSpec.model_validate(spec_json)
+    assert isinstance(spec.config, CustomTrainConfig)
+    run = loop.bind(spec)
+    entrypoint(spec.config)(dict(spec.config.train_loop_config))
+    if run.last_step < run.stop_step:
+        raise InvalidJobInput(
+            f"the loop returned at step {run.last_step}, before step {run.stop_step}: train every step of "
+            "ray_jobs.loop.current().steps()"
+        )
+
+
+class CommitRecorder(ray.train.UserCallback):
+    """Runs in Ray Train's controller once every worker has reported: a reported checkpoint is persisted by then,
+    so its record (step, metrics, content hash) is what the activity turns into a ledger entry."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint: ray.train.Checkpoint | None) -> None:
+        if checkpoint is None:
+            return
+        reported = metrics[0] if metrics else {}
+        step = reported.get("step")
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise InvalidJobInput(f"a checkpoint was reported with step {step!r}: report {{'step': N, ...}} with it")
+        total = self.spec.config.max_steps or step
+        numbers = {k: float(v) for k, v in reported.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        run_uri = job_runner.run_dir(self.spec)
+        name = os.path.basename(checkpoint.path.rstrip("/"))
+        record = CommittedCheckpoint(
+            step=step,
+            epoch=numbers.get("epoch", step / total),
+            uri=storage.join(job_dir(run_uri, self.spec.ray_job_id), name),
+            metrics={"total_steps": float(total), **numbers},
+            content_hash=content_hash(checkpoint),
+            created_at=time.time(),
+            ray_job_id=self.spec.ray_job_id,
+        )
+        uri = commit_record_uri(run_uri, self.spec.ray_job_id, step)
+        storage.write_json(uri, record.model_dump(mode="json"))
+
+
+def content_hash(checkpoint: ray.train.Checkpoint) -> str:
+    """Over every file's relative path and bytes: the same state gives the same hash, wherever it was written."""
+    digest = hashlib.sha256()
+    with checkpoint.as_directory() as local:
+        for root, dirs, files in os.walk(local):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, local).encode())
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+if __name__ == "__main__":
+    sys.exit(
+        job_runner.main(
+            train_loop_per_worker, __doc__.split("\n")[0], callbacks=lambda spec: [CommitRecorder(spec)], check=check
+        )
+    )
