@@ -55,48 +55,23 @@ async def status_of(client, workflow_id: str) -> RunStatus | None:
         return None
 
 
-@pytest.mark.integration
-def test_a_custom_loop_on_two_workers_killed_mid_run_ends_with_the_weights_of_an_uninterrupted_run(stack, tmp_path):
-    config_file = tmp_path / "custom.yaml"
-    config_file.write_text(yaml.safe_dump(custom_config().model_dump(mode="json")))
-
-    async def killed() -> tuple[TrainingResult, RunStatus, list[int]]:
-        client = await connect(stack)
-        out = await asyncio.to_thread(
-            ttrain, "train", "--config", str(config_file), "--run-id", "it-custom-killed", "--detach"
-        )
-        assert out.returncode == 0, out.stderr
-        first = await wait_until(lambda: status_of(client, "it-custom-killed"), 60, "the run", interval=0.2)
-        job = (await wait_until(lambda: _attempt(client, "it-custom-killed"), 120, "the first job")).ray_job_id
-        pids = await wait_until(lambda: train_worker_pids(stack, job), 120, "the job's Train workers", interval=0.2)
-        run_uri = str(Path(stack.storage_uri) / "runs" / "it-custom-killed")
-        await wait_until(lambda: read_commits(run_uri, job, 0), 120, "the first committed checkpoint", interval=0.05)
-        os.kill(pids[0], signal.SIGKILL)  # a lost worker, mid-run
-        handle = client.get_workflow_handle("it-custom-killed")
-        result = await handle.result(result_type=TrainingResult)
-        assert first is not None
-        return result, await handle.query(CheckpointedTrainingWorkflow.status), pids
-
-    async def uninterrupted() -> TrainingResult:
-        client = await connect(stack)
-        return await (await start_training(client, stack, "it-custom-reference", custom_config())).result()
-
-    async def both():
-        return await asyncio.gather(killed(), uninterrupted())
-
-    (result, status, pids), reference = run(both())
-    assert len(pids) == 2  # two Ray Train workers, one DDP group
-    assert result.resumes >= 1
-    retry = status.attempts[1]
-    assert not retry.reattached and retry.resumed_from_step >= EVERY  # from the ledger, not from step 0
-    assert [c.step for c in status.checkpoints if not c.deleted][-1] == STEPS
-    assert result.steps == reference.steps == STEPS
-    a = load_file(os.path.join(reference.final_checkpoint.uri, "model.safetensors"))
-    b = load_file(os.path.join(result.final_checkpoint.uri, "model.safetensors"))
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst <= 1e-6, f"weights differ by {worst}"
-    assert result.metrics["eval_accuracy"] == reference.metrics["eval_accuracy"] > 0.6  # it learned the spirals
+async def killed_run(stack, config_file: Path) -> tuple[TrainingResult, RunStatus, list[int]]:
+    """Through `ttrain train`, as a user starts it; one of its two Train workers SIGKILLed after the first commit."""
+    client = await connect(stack)
+    out = await asyncio.to_thread(
+        ttrain, "train", "--config", str(config_file), "--run-id", "it-custom-killed", "--detach"
+    )
+    assert out.returncode == 0, out.stderr
+    job = (await wait_until(lambda: _attempt(client, "it-custom-killed"), 120, "the first job")).ray_job_id
+    pids = await wait_until(
+        lambda: (p := train_worker_pids(stack, job)) and len(p) == 2 and p, 120, "both Train workers", interval=0.2
+    )
+    run_uri = str(Path(stack.storage_uri) / "runs" / "it-custom-killed")
+    await wait_until(lambda: read_commits(run_uri, job, 0), 120, "the first committed checkpoint", interval=0.05)
+    os.kill(pids[0], signal.SIGKILL)  # a lost worker, mid-run
+    handle = client.get_workflow_handle("it-custom-killed", result_type=TrainingResult)
+    result = await handle.result()
+    return result, await handle.query(CheckpointedTrainingWorkflow.status), pids
 
 
 async def _attempt(client, run_id: str):
@@ -104,8 +79,22 @@ async def _attempt(client, run_id: str):
     return s.attempts[0] if s and s.attempts else None
 
 
-@pytest.mark.integration
-def test_a_ladder_sweep_over_a_custom_loop_promotes_from_the_rung_checkpoint(stack):
+async def finished_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[TrainingResult, RunStatus]:
+    client = await connect(stack)
+    handle = await start_training(client, stack, run_id, config)
+    result = await handle.result()
+    return result, await handle.query(CheckpointedTrainingWorkflow.status)
+
+
+async def failed_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[str, RunStatus]:
+    client = await connect(stack)
+    handle = await start_training(client, stack, run_id, config)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    return root_message(failed.value), await handle.query(CheckpointedTrainingWorkflow.status)
+
+
+async def custom_sweep(stack) -> tuple[SweepState, RunStatus, RunStatus]:
     base = custom_config(max_steps=40, checkpoint_every_steps=10, scaling={"num_workers": 1})
     base = base.model_copy(update={"train_loop_config": {"hidden": 16, "batch_size": 32}})
     spec = SweepSpec(
@@ -119,55 +108,13 @@ def test_a_ladder_sweep_over_a_custom_loop_promotes_from_the_rung_checkpoint(sta
         seed=4,
     )
     options = RunOptions(storage_uri=stack.storage_uri, training_queue=stack.training_queue, heartbeat_timeout_s=5)
-
-    async def go() -> tuple[SweepState, RunStatus, RunStatus]:
-        client = await connect(stack)
-        handle = await client.start_workflow(
-            SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=stack.orchestration_queue
-        )
-        state = await handle.result()
-        (promoted,) = [t for t in state.trials if len(t.results) == 2]
-        rung0 = await status_of(client, f"{promoted.run_id}-r0")
-        rung1 = await status_of(client, f"{promoted.run_id}-r1")
-        return state, rung0, rung1
-
-    state, rung0, rung1 = run(go())
-    assert all(t.results[0].steps == 20 for t in state.trials)
-    (promoted,) = [t for t in state.trials if len(t.results) == 2]
-    assert promoted.results[0].score == max(t.results[0].score for t in state.trials)
-    assert [r.steps for r in promoted.results] == [20, 40] and promoted.state == "completed"
-    assert len({t.params["train_loop_config.lr"] for t in state.trials}) == 2  # drawn for the loop's own config
-    first = rung1.attempts[0]
-    assert first.resumed_from_step == 20  # the step counter goes on from the rung checkpoint
-    if first.reattached:  # a warm promotion: the rung-0 job trained on
-        assert first.ray_job_id == rung0.attempts[-1].ray_job_id
-    assert [c.step for c in rung0.checkpoints] == [10, 20]
-    assert [c.step for c in rung1.checkpoints if c.step > 20] == [30, 40]  # steps 21..40 once
-
-
-@pytest.mark.integration
-def test_the_hugging_face_example_checkpoints_plain_save_pretrained_folders(stack):
-    from transformers import AutoModelForSequenceClassification
-
-    config = custom_config(
-        entrypoint="ray_jobs.examples.hf_classifier:train_func",
-        max_steps=20,
-        checkpoint_every_steps=10,
-        scaling={"num_workers": 1},
-        train_loop_config={"num_hidden_layers": 1, "rows": 200, "batch_size": 8, "max_length": 32},
+    client = await connect(stack)
+    handle = await client.start_workflow(
+        SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=stack.orchestration_queue
     )
-
-    async def go() -> tuple[TrainingResult, RunStatus]:
-        client = await connect(stack)
-        handle = await start_training(client, stack, "it-custom-hf", config)
-        result = await handle.result()
-        return result, await handle.query(CheckpointedTrainingWorkflow.status)
-
-    result, status = run(go())
-    assert [c.step for c in status.checkpoints] == [10, 20]
-    assert result.steps == 20 and 0.0 <= result.metrics["eval_accuracy"] <= 1.0
-    model = AutoModelForSequenceClassification.from_pretrained(result.final_checkpoint.uri)
-    assert model.config.num_hidden_layers == 1 and model.config.num_labels == 2
+    state = await handle.result()
+    (promoted,) = [t for t in state.trials if len(t.results) == 2]
+    return state, await status_of(client, f"{promoted.run_id}-r0"), await status_of(client, f"{promoted.run_id}-r1")
 
 
 BAD_LOOPS = """
@@ -188,34 +135,94 @@ def returns_early(config):
 """
 
 
-@pytest.mark.integration
-def test_a_loop_that_breaks_the_contract_fails_at_once_with_what_to_change(stack, tmp_path):
-    """The loops ship in a `runtime_env.working_dir` (uploaded by Ray): a checkpoint without a step, a loop that
-    returns before its stop, and an entrypoint that does not import each fail the run on its first attempt."""
-    code = tmp_path / "code"
+@pytest.fixture(scope="module")
+def custom_runs(stack, tmp_path_factory) -> dict:
+    """Every custom-loop run of this module at once, side by side on the one stack: each fault touches its own job.
+    The bad loops ship in a `runtime_env.working_dir` (uploaded by Ray), as a user's own code would."""
+    tmp = tmp_path_factory.mktemp("custom")
+    config_file = tmp / "custom.yaml"
+    config_file.write_text(yaml.safe_dump(custom_config().model_dump(mode="json")))
+    code = tmp / "code"
     code.mkdir()
     (code / "bad_loops.py").write_text(BAD_LOOPS)
 
-    def config(entrypoint: str) -> CustomTrainConfig:
+    def bad(entrypoint: str) -> CustomTrainConfig:
         return custom_config(
             entrypoint=entrypoint, max_steps=5, scaling={"num_workers": 1}, runtime_env={"working_dir": str(code)}
         )
 
-    async def fails(run_id: str, entrypoint: str) -> tuple[str, RunStatus]:
-        client = await connect(stack)
-        handle = await start_training(client, stack, run_id, config(entrypoint))
-        with pytest.raises(WorkflowFailureError) as failed:
-            await handle.result()
-        return root_message(failed.value), await handle.query(CheckpointedTrainingWorkflow.status)
+    hf = custom_config(
+        entrypoint="ray_jobs.examples.hf_classifier:train_func",
+        max_steps=20,
+        checkpoint_every_steps=10,
+        scaling={"num_workers": 1},
+        train_loop_config={"num_hidden_layers": 1, "rows": 200, "batch_size": 8, "max_length": 32},
+    )
 
-    async def all_three():
+    async def all_at_once():
         return await asyncio.gather(
-            fails("it-custom-no-step", "bad_loops:no_step"),
-            fails("it-custom-early", "bad_loops:returns_early"),
-            fails("it-custom-typo", "bad_loops:no_such_function"),
+            killed_run(stack, config_file),
+            finished_run(stack, "it-custom-reference", custom_config()),
+            finished_run(stack, "it-custom-hf", hf),
+            custom_sweep(stack),
+            failed_run(stack, "it-custom-no-step", bad("bad_loops:no_step")),
+            failed_run(stack, "it-custom-early", bad("bad_loops:returns_early")),
+            failed_run(stack, "it-custom-typo", bad("bad_loops:no_such_function")),
         )
 
-    (no_step, s1), (early, s2), (typo, s3) = run(all_three())
+    names = ("killed", "reference", "hf", "sweep", "no_step", "early", "typo")
+    return dict(zip(names, run(all_at_once()), strict=True))
+
+
+@pytest.mark.integration
+def test_a_custom_loop_on_two_workers_killed_mid_run_ends_with_the_weights_of_an_uninterrupted_run(custom_runs):
+    (result, status, pids), (reference, _) = custom_runs["killed"], custom_runs["reference"]
+    assert len(set(pids)) == 2  # two Ray Train workers, one DDP group
+    assert result.resumes >= 1
+    retry = status.attempts[1]
+    assert not retry.reattached and retry.resumed_from_step >= EVERY  # from the ledger, not from step 0
+    assert [c.step for c in status.checkpoints if not c.deleted][-1] == STEPS
+    assert result.steps == reference.steps == STEPS
+    a = load_file(os.path.join(reference.final_checkpoint.uri, "model.safetensors"))
+    b = load_file(os.path.join(result.final_checkpoint.uri, "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, f"weights differ by {worst}"
+    assert result.metrics["eval_accuracy"] == reference.metrics["eval_accuracy"] > 0.6  # it learned the spirals
+
+
+@pytest.mark.integration
+def test_a_ladder_sweep_over_a_custom_loop_promotes_from_the_rung_checkpoint(custom_runs):
+    state, rung0, rung1 = custom_runs["sweep"]
+    assert all(t.results[0].steps == 20 for t in state.trials)
+    (promoted,) = [t for t in state.trials if len(t.results) == 2]
+    assert promoted.results[0].score == max(t.results[0].score for t in state.trials)
+    assert [r.steps for r in promoted.results] == [20, 40] and promoted.state == "completed"
+    assert len({t.params["train_loop_config.lr"] for t in state.trials}) == 2  # drawn for the loop's own config
+    first = rung1.attempts[0]
+    assert first.resumed_from_step == 20  # the step counter goes on from the rung checkpoint
+    if first.reattached:  # a warm promotion: the rung-0 job trained on
+        assert first.ray_job_id == rung0.attempts[-1].ray_job_id
+    assert [c.step for c in rung0.checkpoints] == [10, 20]
+    assert [c.step for c in rung1.checkpoints if c.step > 20] == [30, 40]  # steps 21..40 once
+
+
+@pytest.mark.integration
+def test_the_hugging_face_example_checkpoints_plain_save_pretrained_folders(custom_runs):
+    from transformers import AutoModelForSequenceClassification
+
+    result, status = custom_runs["hf"]
+    assert [c.step for c in status.checkpoints] == [10, 20]
+    assert result.steps == 20 and 0.0 <= result.metrics["eval_accuracy"] <= 1.0
+    model = AutoModelForSequenceClassification.from_pretrained(result.final_checkpoint.uri)
+    assert model.config.num_hidden_layers == 1 and model.config.num_labels == 2
+
+
+@pytest.mark.integration
+def test_a_loop_that_breaks_the_contract_fails_at_once_with_what_to_change(custom_runs):
+    """A checkpoint without a step, a loop that returns before its stop, and an entrypoint that does not import
+    each fail the run on its first attempt."""
+    (no_step, s1), (early, s2), (typo, s3) = custom_runs["no_step"], custom_runs["early"], custom_runs["typo"]
     assert "report {'step': N, ...} with it" in no_step
     assert "the loop returned at step 1, before step 5" in early
     assert "entrypoint 'bad_loops:no_such_function' cannot be imported" in typo
