@@ -174,7 +174,7 @@ def orchestrated_run(
     settings: Settings, run_id: str, config: TrainConfig, snap: DatasetSnapshot
 ) -> tuple[float, TrainingResult]:
     """start_training and wait for the workflow's result, as `ttrain train` does. -> (wall s, result)."""
-    from orchestration.cli import start_training
+    from orchestration.api import start_training
     from orchestration.client import connect
 
     async def go() -> tuple[float, TrainingResult]:

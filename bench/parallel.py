@@ -43,7 +43,7 @@ import _stack  # sets the bench environment (ports, RAY_AUTH_MODE) before anythi
 from temporalio.client import Client
 
 from orchestration.activities.snapshot import build as build_snapshot
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.settings import Settings
 from orchestration.types import (

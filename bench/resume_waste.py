@@ -42,7 +42,7 @@ from ray.job_submission import JobSubmissionClient
 from temporalio.client import Client
 
 from cluster import local_stack
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.settings import Settings
 from orchestration.types import RunStatus, TrainingResult

@@ -399,8 +399,7 @@ def ps(settings: Settings) -> list[Service]:
         pid = read_pid(settings, name)
         detail = ""
         if name == "temporal":
-            host, port = _host_port(settings.temporal_address, 7233)
-            detail = f"{settings.temporal_address}  UI http://{host}:{port + 1000}"
+            detail = f"{settings.temporal_address}  UI {settings.temporal_ui_url}"
         elif name == "ray":
             detail = f"dashboard {settings.ray_dashboard_url}"
         services.append(Service(name, pid, pid_alive(pid), detail))

@@ -10,11 +10,12 @@ import argparse
 import sys
 import uuid
 
-from orchestration import cli
+from orchestration.api import connect_client, launch_training, new_run_id, query
 from orchestration.config_loading import ConfigError, load_config
 from orchestration.launch import launch
 from orchestration.settings import Settings
 from orchestration.types import RunOptions, ScaleUpRequest, ScaleUpResult
+from orchestration.views import follow, print_result, wait_reporting
 from orchestration.workflows.scaleup import ScaleUpWorkflow
 from ray_jobs.specs import ImageTrainConfig
 
@@ -79,15 +80,15 @@ def _config(args, **extra: str) -> ImageTrainConfig:
 
 async def cmd_train(args, settings: Settings) -> int:
     config = _config(args, **({"scaling.num_workers": str(args.workers)} if args.workers is not None else {}))
-    client = await cli._client(settings)
-    run_id = args.run_id or cli.new_run_id("img")
-    launched = await cli.launch_training(client, settings, run_id, config, args.replace)
+    client = await connect_client(settings)
+    run_id = args.run_id or new_run_id("img")
+    launched = await launch_training(client, settings, run_id, config, args.replace)
     print(f"{launched.note} ({config.dataset}, {config.arch}, {config.scaling.num_workers} workers)", file=sys.stderr)
     if args.detach:
         print(run_id)
         return 0
-    result = await cli.follow(client, launched.handle)
-    cli.print_result(result)
+    result = await follow(client, launched.handle)
+    print_result(result)
     m = result.metrics
     print(f"images/s {m.get('images_per_s', 0):.0f} over {m.get('workers', 0):g} workers (training steps only)")
     return 0
@@ -114,7 +115,7 @@ async def cmd_scaleup(args, settings: Settings) -> int:
         scaling="weak" if args.weak else "strong",
         options=RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue),
     )
-    client = await cli._client(settings)
+    client = await connect_client(settings)
     launched = await launch(
         client,
         ScaleUpWorkflow.run,
@@ -135,13 +136,13 @@ async def cmd_scaleup(args, settings: Settings) -> int:
         table = await handle.query(ScaleUpWorkflow.table)
         return "  ".join(f"{r.workers}w:{r.state}" for r in table.rows)
 
-    print_scaleup(await cli.wait_reporting(handle, line, f"scale-up {scaleup_id}"), args.json)
+    print_scaleup(await wait_reporting(handle, line, f"scale-up {scaleup_id}"), args.json)
     return 0
 
 
 async def cmd_results(args, settings: Settings) -> int:
-    client = await cli._client(settings)
-    print_scaleup(await cli.query(client, args.scaleup_id, ScaleUpWorkflow.table, "scale-up"), args.json)
+    client = await connect_client(settings)
+    print_scaleup(await query(client, args.scaleup_id, ScaleUpWorkflow.table, "scale-up"), args.json)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`ttrain`: the command line. Each subcommand is a thin layer over a workflow start, signal or query.
+"""`ttrain`: the command line. Each subcommand parses its arguments, calls `orchestration.api` and prints through
+`orchestration.views`.
 
 Errors are one readable line on stderr and a non-zero exit; tracebacks are for bugs, not for bad input.
 """
@@ -7,51 +8,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import time
-import uuid
-from datetime import datetime
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
-from orchestration import inventory
-from orchestration.client import connect
+from orchestration import cifar_cli, inventory, metrics_view
+from orchestration.api import (
+    SWEEP_CONTROLS,
+    connect_client,
+    control_sweep,
+    evaluate,
+    experiments_request,
+    infer,
+    launch_experiments,
+    launch_sweep,
+    launch_training,
+    leaderboard,
+    new_run_id,
+    query,
+    run_status,
+    start_training,
+)
 from orchestration.config_loading import ConfigError, load_config, read_mapping, validate
-from orchestration.errors import CliError, root_message
-from orchestration.experiments import load_experiments
-from orchestration.launch import Launched, launch
-from orchestration.ledger import newest
+from orchestration.errors import CliError
 from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
-from orchestration.sweeps.models import (
-    LIVE_SWEEP_SETTINGS,
-    BoardPage,
-    SweepLeaderboard,
-    SweepSpec,
-    SweepState,
-    check_trials,
-)
-from orchestration.types import (
-    CoordinatorResult,
-    EvaluationRequest,
-    EvaluationResult,
-    InferenceRequest,
-    InferenceResult,
-    Progress,
-    RunOptions,
-    RunStatus,
-    TrainingRequest,
-    TrainingResult,
+from orchestration.sweeps.models import BoardPage, SweepSpec, check_trials
+from orchestration.types import EvaluationRequest, InferenceRequest, RunStatus
+from orchestration.views import (
+    TABLE_TOP,
+    follow,
+    format_report,
+    print_leaderboard,
+    print_result,
+    print_results,
+    wait_reporting,
 )
 from orchestration.workflows.coordinator import CoordinatorWorkflow
-from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
 from orchestration.workflows.sweep import SweepWorkflow
-from orchestration.workflows.training import CheckpointedTrainingWorkflow
-from ray_jobs.specs import TrainConfig, check_id
+from ray_jobs.specs import check_id
 
 DEMO_CONFIG = {
     "num_hidden_layers": 3,
@@ -70,171 +68,13 @@ DEMO_TEXTS = [
 ]
 
 
-def new_run_id(prefix: str = "ft") -> str:
-    return f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
-
-
-async def _client(settings: Settings) -> Client:
-    try:
-        return await connect(settings)
-    except RuntimeError as exc:
-        raise CliError(
-            f"cannot reach Temporal at {settings.temporal_address} ({exc}); is `ttrain up` running?"
-        ) from None
-
-
-async def live_progress(client: Client, handle: WorkflowHandle) -> Progress | None:
-    """The training activity's last heartbeat: the step between checkpoints, which the workflow does not store."""
-    desc = await handle.describe()
-    for pending in desc.raw_description.pending_activities:
-        if pending.heartbeat_details.payloads:
-            (details,) = await client.data_converter.decode(pending.heartbeat_details.payloads, [Progress])
-            return details
-    return None
-
-
-TABLE_TOP = 20  # rows of the leaderboard table unless --top says otherwise
-PAGE = 1_000  # trials per leaderboard query: every answer stays far below Temporal's payload limit
-
-
-async def query(client: Client, workflow_id: str, query_fn, what: str, *args):
-    """A workflow's query answer, or one line saying why there is none (unknown id, no worker)."""
-    try:
-        return await client.get_workflow_handle(workflow_id).query(query_fn, *args)
-    except RPCError as exc:
-        raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
-
-
-async def wait_reporting(handle: WorkflowHandle, line, what: str, every_s: float = 5.0):
-    """The workflow's result; meanwhile `line()` (a live query) goes to stderr every few seconds."""
-    result_task = asyncio.ensure_future(handle.result())
-    while not result_task.done():
-        await asyncio.wait([result_task], timeout=every_s)
-        if not result_task.done():
-            with contextlib.suppress(RPCError):
-                print(await line(), file=sys.stderr)
-    try:
-        return result_task.result()
-    except WorkflowFailureError as exc:
-        raise CliError(f"{what} failed: {root_message(exc)}") from None
-
-
-async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress | None]:
-    handle = client.get_workflow_handle(run_id)
-    status = await query(client, run_id, CheckpointedTrainingWorkflow.status, "run")
-    live = await live_progress(client, handle) if status.state == "training" else None
-    if live is not None:
-        status.ray_job_status = live.job_status  # PENDING: the cluster has no room for it yet, not a failure
-        status.waiting = live.waiting
-        if live.step > status.step:
-            status.step, status.total_steps = live.step, live.total_steps or status.total_steps
-    return status, live
-
-
 def status_json(status: RunStatus) -> dict:
     return status.model_dump(mode="json")
 
 
-def training_request(settings: Settings, run_id: str, config: TrainConfig, **options) -> TrainingRequest:
-    opts = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue, **options)
-    return TrainingRequest(run_id=run_id, config=config, options=opts)
-
-
-async def start_training(client: Client, settings: Settings, run_id: str, config: TrainConfig, **options):
-    """Start a new run under an unused id (tests and benches); people go through `launch_training`."""
-    return await client.start_workflow(
-        CheckpointedTrainingWorkflow.run,
-        training_request(settings, run_id, config, **options),
-        id=run_id,
-        task_queue=settings.orchestration_queue,
-    )
-
-
-async def launch_training(
-    client: Client, settings: Settings, run_id: str, config: TrainConfig, replace: bool = False, **options
-) -> Launched:
-    """Start a run, or attach to / report the run already under this id with the same config (a failed or
-    cancelled one continues from its newest checkpoint); a different config under a taken id is refused."""
-
-    async def from_last_checkpoint(req: TrainingRequest, old: WorkflowHandle) -> TrainingRequest:
-        status = await query(client, old.id, CheckpointedTrainingWorkflow.status, "run")
-        return req.model_copy(update={"resume_from": newest(*(c for c in status.checkpoints if not c.deleted))})
-
-    return await launch(
-        client,
-        CheckpointedTrainingWorkflow.run,
-        training_request(settings, run_id, config, **options),
-        workflow_id=run_id,
-        task_queue=settings.orchestration_queue,
-        what="run",
-        identity=lambda r: r.config.model_dump(mode="json"),
-        replace=replace,
-        retry=from_last_checkpoint,
-    )
-
-
-async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) -> TrainingResult:
-    """Poll the run's status into a progress bar until the workflow closes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
-
-    result_task = asyncio.ensure_future(handle.result())
-    with Bar(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=quiet,
-        transient=False,
-    ) as bar:
-        task = bar.add_task(handle.id, total=None, info="snapshotting")
-        while not result_task.done():
-            try:
-                status, live = await run_status(client, handle.id)
-                ckpt = status.latest_checkpoint.step if status.latest_checkpoint else "-"
-                loss = f"{live.loss:.4f}" if live and live.loss is not None else "-"
-                info = f"{status.state}  loss {loss}  ckpt {ckpt}  resumes {status.resumes}"
-                if status.waiting or status.state == "retrying":
-                    info += f"  ({status.waiting or status.last_failure})"
-                bar.update(task, completed=status.step, total=status.total_steps, info=info)
-            except (CliError, RPCError):
-                pass  # the orchestration worker may be restarting: keep waiting for the result
-            await asyncio.wait([result_task], timeout=1.0)
-        try:
-            result = result_task.result()
-        except WorkflowFailureError as exc:
-            raise CliError(f"run {handle.id} failed: {root_message(exc)}") from None
-        bar.update(task, completed=result.steps, total=result.steps, info="completed")
-    return result
-
-
-def print_result(result: TrainingResult) -> None:
-    m = result.metrics
-    acc = f"  held-out accuracy {m['eval_accuracy']:.3f}" if "eval_accuracy" in m else ""
-    print(
-        f"run {result.run_id}: {result.steps} steps in {result.wall_time_s:.0f}s, final loss {m.get('loss', float('nan')):.4f},"
-        f" held-out loss {m.get('eval_loss', float('nan')):.4f}{acc}; {result.checkpoints} checkpoints,"
-        f" {result.resumes} resumes, {result.steps_recomputed} steps recomputed; snapshot {result.snapshot_id}"
-    )
-
-
-async def execute(client: Client, settings: Settings, run, req, workflow_id: str, what: str):
-    """Run a short workflow on the orchestration queue to its result, or one line saying why it failed."""
-    try:
-        return await client.execute_workflow(run, req, id=workflow_id, task_queue=settings.orchestration_queue)
-    except WorkflowFailureError as exc:
-        raise CliError(f"{what} failed: {root_message(exc)}") from None
-
-
-async def infer(client: Client, settings: Settings, req: InferenceRequest) -> InferenceResult:
-    workflow_id = f"{req.run_id}-infer-{uuid.uuid4().hex[:8]}"
-    return await execute(client, settings, InferenceWorkflow.run, req, workflow_id, f"inference on {req.run_id}")
-
-
 async def cmd_train(args, settings: Settings) -> int:
     config = load_config(args.config, args.set)
-    client = await _client(settings)
+    client = await connect_client(settings)
     run_id = args.run_id or new_run_id()
     flags = {
         "heartbeat_timeout_s": args.heartbeat_timeout,
@@ -253,13 +93,17 @@ async def cmd_train(args, settings: Settings) -> int:
 
 
 async def cmd_status(args, settings: Settings) -> int:
-    status, _ = await run_status(await _client(settings), args.run_id)
+    status, _ = await run_status(await connect_client(settings), args.run_id)
     if args.json:
         print(json.dumps(status_json(status)))
         return 0
     job = f" (Ray job {status.ray_job_status.lower()})" if status.ray_job_status else ""
     print(f"run {status.run_id}: {status.state}{job}, step {status.step}/{status.total_steps or '?'}")
     print(f"  snapshot {status.snapshot_id}  ray job {status.ray_job_id}  resumes {status.resumes}")
+    namespace = os.environ.get("TEMPORAL_NAMESPACE", "default")
+    print(f"  Temporal UI {settings.temporal_ui_url}/namespaces/{namespace}/workflows/{status.run_id}")
+    if status.ray_job_id:
+        print(f"  Ray dashboard {settings.ray_dashboard_url}/#/jobs/{status.ray_job_id}")
     if status.waiting:
         print(f"  waiting: {status.waiting}")
     if status.last_failure and status.state != "completed":
@@ -279,7 +123,7 @@ async def cmd_infer(args, settings: Settings) -> int:
     req = InferenceRequest(
         run_id=args.run_id, texts=args.texts, text_pairs=args.pair or None, checkpoint_step=args.checkpoint
     )
-    result = await infer(await _client(settings), settings, req)
+    result = await infer(await connect_client(settings), settings, req)
     if args.json:
         print(result.model_dump_json())
         return 0
@@ -296,7 +140,7 @@ async def cmd_demo(args, settings: Settings) -> int:
     print(f"stack: started {', '.join(started) or 'nothing (already running)'} in {time.monotonic() - t0:.0f}s")
     try:
         config = load_config(None, args.set, base=DEMO_CONFIG)
-        client = await _client(settings)
+        client = await connect_client(settings)
         run_id = new_run_id("demo")
         print(
             f"fine-tuning {config.model} ({config.num_hidden_layers} layers) on {config.dataset.path} "
@@ -319,12 +163,8 @@ async def cmd_demo(args, settings: Settings) -> int:
 
 
 async def cmd_eval(args, settings: Settings) -> int:
-    client = await _client(settings)
     req = EvaluationRequest(run_id=args.run_id, checkpoint_step=args.checkpoint)
-    workflow_id = f"{args.run_id}-eval-{uuid.uuid4().hex[:8]}"
-    result: EvaluationResult = await execute(
-        client, settings, EvaluationWorkflow.run, req, workflow_id, f"evaluation of {args.run_id}"
-    )
+    result = await evaluate(await connect_client(settings), settings, req)
     if args.json:
         print(result.model_dump_json())
         return 0
@@ -332,42 +172,9 @@ async def cmd_eval(args, settings: Settings) -> int:
     return 0
 
 
-def format_report(result: EvaluationResult) -> str:
-    r = result.report
-    lines = [
-        f"run {result.run_id}, checkpoint step {result.checkpoint_step}, split {result.split}: {r['examples']} rows"
-    ]
-    if r["task"] == "classification":
-        lines.append(f"  accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  loss {r['loss']:.4f}")
-        for name, c in r["per_class"].items():
-            lines.append(
-                f"  class {name!r}: precision {c['precision']:.3f} recall {c['recall']:.3f} support {c['support']}"
-            )
-        lines.append(f"  confusion matrix (rows true, columns predicted): {r['confusion_matrix']}")
-        lines.append(f"  baseline ({r['baseline']['name']}) accuracy {r['baseline']['accuracy']:.4f}")
-    else:
-        lines.append(
-            f"  MSE {r['mse']:.4f}  MAE {r['mae']:.4f}  Pearson {r['pearson']:.4f}  Spearman {r['spearman']:.4f}"
-        )
-        lines.append(f"  baseline ({r['baseline']['name']}) MSE {r['baseline']['mse']:.4f}")
-    lines.append(f"  improvement over baseline {r['improvement_over_baseline']:+.4f}")
-    return "\n".join(lines)
-
-
 async def cmd_experiments(args, settings: Settings) -> int:
-    options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
-    req = load_experiments(args.file, options, args.max_concurrency)
-    client = await _client(settings)
-    launched = await launch(
-        client,
-        CoordinatorWorkflow.run,
-        req,
-        workflow_id=req.experiment_id,
-        task_queue=settings.orchestration_queue,
-        what="experiment set",
-        identity=lambda r: r.model_dump(mode="json", include={"experiments", "metric", "mode"}),
-        replace=args.replace,
-    )
+    req = experiments_request(settings, args.file, args.max_concurrency)
+    launched = await launch_experiments(await connect_client(settings), settings, req, args.replace)
     handle = launched.handle
     print(f"{launched.note} ({len(req.experiments)} experiments)", file=sys.stderr)
     if args.detach:
@@ -383,56 +190,9 @@ async def cmd_experiments(args, settings: Settings) -> int:
 
 
 async def cmd_results(args, settings: Settings) -> int:
-    table = await query(await _client(settings), args.experiment_id, CoordinatorWorkflow.results, "experiments")
+    table = await query(await connect_client(settings), args.experiment_id, CoordinatorWorkflow.results, "experiments")
     print_results(table, "json" if args.json else "csv" if args.csv else "table")
     return 0
-
-
-def print_results(table: CoordinatorResult, fmt: str) -> None:
-    if fmt == "json":
-        print(table.model_dump_json())
-        return
-    cols = [
-        "experiment",
-        "run_id",
-        "state",
-        table.metric,
-        "train_time_s",
-        "resumes",
-        "checkpoints",
-        "config_diff",
-        "note",
-    ]
-    rows = [
-        [
-            r.experiment,
-            r.run_id,
-            r.state,
-            f"{r.metrics[table.metric]:.4f}" if table.metric in r.metrics else "",
-            f"{r.train_time_s:.0f}" if r.train_time_s is not None else "",
-            str(r.resumes),
-            str(r.checkpoints),
-            " ".join(f"{k}={v}" for k, v in r.config_diff.items()),
-            r.error or (f"reused {r.cached_from}" if r.cached_from else ""),
-        ]
-        for r in table.rows
-    ]
-    if fmt == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(cols)
-        writer.writerows(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Table(title=f"{table.experiment_id}: sorted by {table.metric} ({table.mode})")
-    for c in cols:
-        out.add_column(c)
-    for row in rows:
-        out.add_row(*row)
-    Console(width=200).print(out)
 
 
 async def cmd_sweep(args, settings: Settings) -> int:
@@ -441,23 +201,8 @@ async def cmd_sweep(args, settings: Settings) -> int:
         check_trials(spec.trials)
     except ValueError as exc:
         raise CliError(f"{args.file}: {exc}") from None
-    options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
-    client = await _client(settings)
-    state = SweepState(
-        spec=spec, options=options, search_attributes=os.environ.get("TTRAIN_SEARCH_ATTRIBUTES", "1") != "0"
-    )
-    launched = await launch(
-        client,
-        SweepWorkflow.run,
-        state,
-        workflow_id=spec.id,
-        task_queue=settings.orchestration_queue,
-        what="sweep",
-        identity=lambda s: s.spec.model_dump(mode="json", exclude=LIVE_SWEEP_SETTINGS),
-        replace=args.replace,
-        retry=lambda s, old: sweep_state_to_continue(client, old.id),
-    )
-    handle = launched.handle
+    client = await connect_client(settings)
+    launched = await launch_sweep(client, settings, spec, args.replace)
     print(f"{launched.note} ({spec.strategy}, {spec.trials} trials)", file=sys.stderr)
     if args.detach:
         print(spec.id)
@@ -468,98 +213,23 @@ async def cmd_sweep(args, settings: Settings) -> int:
         best = f"{board.best.latest.score:.4f} ({board.best.run_id})" if board.best else "-"
         return f"trials {board.trials_started}/{board.trials_total}  steps {board.steps_used}  best {best}"
 
-    await wait_reporting(handle, line, f"sweep {spec.id}")
+    await wait_reporting(launched.handle, line, f"sweep {spec.id}")
     print_leaderboard(await leaderboard(client, spec.id, TABLE_TOP), as_json=False)
     return 0
 
 
-async def sweep_state_to_continue(client: Client, sweep_id: str) -> SweepState:
-    """A closed sweep's whole state (its last execution, replayed to answer the query), ready to run again. Nothing
-    runs for it any more (a cancelled sweep cancelled its segments; a failed one's report to nobody): its trials that
-    were running count as failed in the new run."""
-    state = await query(client, sweep_id, SweepWorkflow.state, "sweep")
-    return state.model_copy(update={"stopping": False, "live": []})
-
-
 async def cmd_sweep_ctl(args, settings: Settings) -> int:
-    client = await _client(settings)
-    handle = client.get_workflow_handle(args.sweep_id)
-    try:
-        desc = await handle.describe()
-    except RPCError as exc:
-        raise CliError(f"sweep {args.sweep_id!r}: {exc.message}") from None
-    running = desc.status is not None and desc.status.name == "RUNNING"
-    if args.action in ("pause", "resume", "stop", "cancel", "concurrency", "budget") and not running:
-        raise CliError(f"sweep {args.sweep_id} is not running")
-    if args.action in ("pause", "resume", "stop"):
-        await handle.signal(args.action)
-    elif args.action == "cancel":  # running trials are cancelled and stop their Ray jobs
-        await handle.cancel()
-    elif args.action == "concurrency":
-        await handle.execute_update(SweepWorkflow.set_max_concurrency, args.value)
-    elif args.action == "budget":
-        await handle.execute_update(SweepWorkflow.raise_budget, args.value)
-    elif running:  # extend a live sweep: more trials
-        await handle.execute_update(SweepWorkflow.add_trials, args.value)
-    else:  # extend a closed sweep (completed, failed or cancelled): a new run of the same id from its whole state
-        state = await sweep_state_to_continue(client, args.sweep_id)
-        try:
-            state.spec.trials = check_trials(state.spec.trials + args.value)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        await client.start_workflow(SweepWorkflow.run, state, id=args.sweep_id, task_queue=settings.orchestration_queue)
+    await control_sweep(await connect_client(settings), settings, args.sweep_id, args.action, args.value)
     print(f"sweep {args.sweep_id}: {args.action} sent")
     return 0
-
-
-async def leaderboard(client: Client, sweep_id: str, top: int | None) -> SweepLeaderboard:
-    """The `top` best trials (all when None), fetched a page at a time."""
-    board = await query(client, sweep_id, SweepWorkflow.leaderboard, "sweep", BoardPage(limit=min(top or PAGE, PAGE)))
-    wanted = board.trials_started if top is None else min(top, board.trials_started)
-    while len(board.trials) < wanted:
-        page = BoardPage(offset=len(board.trials), limit=min(PAGE, wanted - len(board.trials)))
-        more = await query(client, sweep_id, SweepWorkflow.leaderboard, "sweep", page)
-        if not more.trials:  # the sweep's trials were counted in an earlier execution's answer
-            break
-        board.trials += more.trials
-    return board
 
 
 async def cmd_leaderboard(args, settings: Settings) -> int:
     if args.top is not None and args.top < 1:
         raise CliError(f"--top must be at least 1 (got {args.top})")
     top = args.top if args.top is not None or args.json else TABLE_TOP
-    print_leaderboard(await leaderboard(await _client(settings), args.sweep_id, top), as_json=args.json)
+    print_leaderboard(await leaderboard(await connect_client(settings), args.sweep_id, top), as_json=args.json)
     return 0
-
-
-def print_leaderboard(board: SweepLeaderboard, as_json: bool) -> None:
-    if as_json:
-        print(board.model_dump_json())
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Table(
-        title=f"sweep {board.sweep_id} ({board.strategy}): {board.metric}, {board.mode}; steps {board.steps_used}"
-    )
-    for c in ("trial", "run id", "state", "rung", "steps", board.metric, "params"):
-        out.add_column(c)
-    for t in board.trials:
-        r = t.latest
-        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        out.add_row(
-            str(t.index),
-            t.run_id,
-            t.state,
-            str(t.rung),
-            str(r.steps if r else "-"),
-            f"{r.score:.4f}" if r else "-",
-            params,
-        )
-    Console(width=200).print(out)
-    if len(board.trials) < board.trials_started:
-        print(f"{board.trials_started - len(board.trials)} more trials: --top N, or --json for all")
 
 
 async def cmd_doctor(args, settings: Settings) -> int:
@@ -606,8 +276,23 @@ def cmd_ps(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_metrics(args, settings: Settings) -> int:
+    rows = metrics_view.history(settings.storage_uri, args.run_id)
+    if args.plot:
+        metrics_view.plot(rows, args.run_id, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    print(
+        metrics_view.as_json(rows)
+        if args.json
+        else metrics_view.as_csv(rows)
+        if args.csv
+        else metrics_view.as_table(rows)
+    )
+    return 0
+
+
 async def cmd_ls(args, settings: Settings) -> int:
-    listed = await inventory.list_work(await _client(settings), args.kind and [args.kind], args.limit)
+    listed = await inventory.list_work(await connect_client(settings), args.kind and [args.kind], args.limit)
     if args.json:
         print(json.dumps([item.model_dump(mode="json") for item in listed]))
         return 0
@@ -620,13 +305,13 @@ async def cmd_ls(args, settings: Settings) -> int:
 
 
 async def cmd_cancel(args, settings: Settings) -> int:
-    closed = await inventory.cancel(await _client(settings), args.id)
+    closed = await inventory.cancel(await connect_client(settings), args.id)
     print(f"{closed.kind} {closed.id}: {closed.status.lower()}")
     return 0
 
 
 async def cmd_logs(args, settings: Settings) -> int:
-    status, _ = await run_status(await _client(settings), args.run_id)
+    status, _ = await run_status(await connect_client(settings), args.run_id)
     if not status.ray_job_id:
         raise CliError(f"run {args.run_id!r} has no Ray job yet ({status.state})")
     ray = RaySubmission(settings.ray_address)
@@ -697,7 +382,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--replace", action="store_true", help="cancel and start over a sweep already under its id")
     sc = sub.add_parser("sweep-ctl", help="pause, resume, stop, extend a sweep or change its concurrency")
     sc.add_argument("sweep_id")
-    sc.add_argument("action", choices=["pause", "resume", "stop", "cancel", "extend", "budget", "concurrency"])
+    sc.add_argument("action", choices=SWEEP_CONTROLS)
     sc.add_argument(
         "value", nargs="?", type=int, default=1, help="trials to add (extend), steps to add (budget), or concurrency"
     )
@@ -705,6 +390,12 @@ def parser() -> argparse.ArgumentParser:
     lb.add_argument("sweep_id")
     lb.add_argument("--top", type=int, metavar="N", help=f"the N best trials (table default {TABLE_TOP}, JSON: all)")
     lb.add_argument("--json", action="store_true", help="the whole leaderboard as JSON (fetched a page at a time)")
+    mt = sub.add_parser("metrics", help="a run's metric history: every reported value by step")
+    mt.add_argument("run_id")
+    fmt = mt.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    mt.add_argument("--plot", metavar="FILE.png", help="also draw each metric's curve into this PNG")
     ls = sub.add_parser("ls", help="runs, sweeps, experiment sets and scale-ups, newest first, with their state")
     ls.add_argument("--kind", choices=sorted(set(inventory.KINDS.values())))
     ls.add_argument("--limit", type=int, default=50)
@@ -715,7 +406,7 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("run_id")
     lg.add_argument("--follow", "-f", action="store_true", help="go on printing until the job ends")
     sub.add_parser("doctor", help="check the Temporal and Ray endpoints, workers, storage and GPUs")
-    cifar_cli().add_parser(sub)
+    cifar_cli.add_parser(sub)
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
     return p
@@ -735,20 +426,14 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "sweep-ctl": cmd_sweep_ctl,
     "leaderboard": cmd_leaderboard,
+    "metrics": cmd_metrics,
     "ls": cmd_ls,
     "cancel": cmd_cancel,
     "logs": cmd_logs,
     "doctor": cmd_doctor,
     "demo": cmd_demo,
-    "cifar10": lambda args, settings: cifar_cli().dispatch(args, settings),
+    "cifar10": cifar_cli.dispatch,
 }
-
-
-def cifar_cli():
-    """Imported on use: it builds on this module's helpers, so it cannot be imported while this one loads."""
-    from orchestration import cifar_cli
-
-    return cifar_cli
 
 
 ID_ARGUMENTS = {"run_id": "run id", "experiment_id": "experiment set id", "sweep_id": "sweep id", "id": "id"}
@@ -797,8 +482,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    # `python -m orchestration.cli` runs this file as __main__, a second copy of the module: run the imported one,
-    # so that its CliError is the class `cifar_cli` raises
-    from orchestration import cli
-
-    cli.run()
+    run()

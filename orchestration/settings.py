@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import platformdirs
 from pydantic import BaseModel
@@ -38,6 +39,14 @@ class Settings(BaseModel):
     @property
     def ray_dashboard_url(self) -> str:
         return self.ray_address if "://" in self.ray_address else f"http://{self.ray_address}"
+
+    @property
+    def temporal_ui_url(self) -> str:
+        """`TTRAIN_TEMPORAL_UI`, else where `ttrain up`'s dev server serves its UI: the gRPC port plus 1000."""
+        if explicit := os.environ.get("TTRAIN_TEMPORAL_UI"):
+            return explicit.rstrip("/")
+        parsed = urlparse(f"tcp://{self.temporal_address}")
+        return f"http://{parsed.hostname or '127.0.0.1'}:{(parsed.port or 7233) + 1000}"
 
     def save_addresses(self) -> None:
         """`ttrain up --temporal-address/--ray-address` is remembered for later commands in this state dir."""

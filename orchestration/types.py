@@ -110,6 +110,7 @@ class TrainAttemptInput(Model):
     incarnation: str | None = None
     # what a workflow of the release before the ledger rode along sent (Temporal retried that attempt itself)
     resume_from: CheckpointInfo | None = None
+    sweep_id: str | None = None  # the sweep the run reports to: its trials nest under it in MLflow
 
 
 class AttemptStarted(Model):

@@ -4,7 +4,7 @@
 
 The driver imports the loop's entrypoint before any worker starts (a typo fails the run at once, not after a worker
 group is up); every worker binds its `ray_jobs.loop` context and calls the user's function with its
-`train_loop_config`; and Ray Train's controller records every checkpoint it commits (`CommitRecorder`), which is how
+`train_loop_config`; and Ray Train's controller records every checkpoint it commits (`ReportRecorder`), which is how
 the training activity mirrors them into the run's ledger, exactly as for ttrain's own jobs.
 """
 
@@ -22,6 +22,8 @@ import ray.train
 from ray_jobs import job_runner, loop, storage
 from ray_jobs.outcome import CommittedCheckpoint, InvalidJobInput, commit_record_uri, job_dir
 from ray_jobs.specs import CustomTrainConfig, JobSpec
+
+HISTORY_FLUSH_S = 5.0  # reports without a checkpoint reach the history at least this often (and at every checkpoint)
 
 
 def entrypoint(cfg: CustomTrainConfig) -> Callable[[dict], None]:
@@ -52,18 +54,26 @@ def train_loop_per_worker(spec_json: dict) -> None:
         )
 
 
-class CommitRecorder(ray.train.UserCallback):
-    """Runs in Ray Train's controller once every worker has reported: a reported checkpoint is persisted by then,
-    so its record (step, metrics, content hash) is what the activity turns into a ledger entry."""
+class ReportRecorder(ray.train.UserCallback):
+    """Runs in Ray Train's controller once every worker has reported. Every report's numbers go to the run's metric
+    history (rank 0's, with its `step`); a reported checkpoint is persisted by then, so its record (step, metrics,
+    content hash) is what the activity turns into a ledger entry."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
+        self.flushed = time.time()
 
     def after_report(self, run_context, metrics: list[dict], checkpoint: ray.train.Checkpoint | None) -> None:
-        if checkpoint is None:
-            return
         reported = metrics[0] if metrics else {}
         step = reported.get("step")
+        if isinstance(step, int | float) and not isinstance(step, bool):
+            writer = job_runner.job_history(self.spec)
+            writer.add(int(step), reported)
+            if checkpoint is not None or time.time() - self.flushed > HISTORY_FLUSH_S:
+                writer.flush()
+                self.flushed = time.time()
+        if checkpoint is None:
+            return
         if isinstance(step, float) and step.is_integer():
             step = int(step)
         if not isinstance(step, int) or isinstance(step, bool) or step < 1:
@@ -103,6 +113,6 @@ def content_hash(checkpoint: ray.train.Checkpoint) -> str:
 if __name__ == "__main__":
     sys.exit(
         job_runner.main(
-            train_loop_per_worker, __doc__.split("\n")[0], callbacks=lambda spec: [CommitRecorder(spec)], check=check
+            train_loop_per_worker, __doc__.split("\n")[0], callbacks=lambda spec: [ReportRecorder(spec)], check=check
         )
     )

@@ -7,8 +7,10 @@ work the same way for all of them, so the training activity treats every run ali
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -22,7 +24,8 @@ import torch
 import torch.distributed as dist
 from ray.exceptions import RayError
 
-from ray_jobs import checkpointing, storage
+from ray_jobs import checkpointing, storage, tracking
+from ray_jobs.history import HistoryWriter
 from ray_jobs.outcome import (
     OUTCOME_FILE,
     PARKED_FILE,
@@ -38,6 +41,7 @@ from ray_jobs.outcome import (
     commit_record_uri,
     job_dir,
     promotion_uri,
+    read_commits,
 )
 from ray_jobs.specs import JobSpec
 
@@ -115,6 +119,17 @@ class Segment:
         return promotion
 
 
+@functools.cache
+def _history(run_id: str, ray_job_id: str, storage_path: str, resume_step: int) -> HistoryWriter:
+    return HistoryWriter(job_dir(storage.join(storage_path, run_id), ray_job_id), resume_step)
+
+
+def job_history(spec: JobSpec) -> HistoryWriter:
+    """This job's metric history (`ray_jobs.history`), one writer per job process: rank 0 adds the loss at every
+    progress write and everything a checkpoint reports, and flushes at each checkpoint."""
+    return _history(spec.run_id, spec.ray_job_id, spec.storage_path, spec.resume_from_step)
+
+
 class ProgressWriter:
     """Rank 0's step between checkpoints, throttled. Best effort: a failed write never fails the training."""
 
@@ -131,6 +146,8 @@ class ProgressWriter:
             ray_job_id=self.spec.ray_job_id, step=step, total_steps=steps, loss=loss, time=time.time()
         )
         uri = storage.join(job_dir(run_dir(self.spec), self.spec.ray_job_id), PROGRESS_FILE)
+        if math.isfinite(loss):
+            job_history(self.spec).add(step, {"loss": loss})
         try:
             storage.write_json(uri, progress.model_dump(mode="json"))
         except OSError as exc:
@@ -192,6 +209,9 @@ def report(spec: JobSpec, metrics: dict, rank: int, save_weights: Callable[[str]
             ray_job_id=spec.ray_job_id,
         )
         storage.write_json(commit_record_uri(run_dir(spec), spec.ray_job_id, step), record.model_dump(mode="json"))
+        writer = job_history(spec)
+        writer.add(step, {**metrics, "lr": optimizer.param_groups[0]["lr"]})
+        writer.flush()
 
 
 def build_trainer(
@@ -234,7 +254,7 @@ def failure_outcome(ray_job_id: str, exc: ray.train.TrainingFailedError) -> JobO
     chosen = next((e for e in raised if isinstance(e, DeterministicJobError)), raised[0] if raised else None)
     if chosen is None:
         cause = getattr(exc, "controller_failure", None) or (failures[0] if failures else exc)
-        return JobOutcome(  # a controller callback may refuse what a loop reported (`custom_job.CommitRecorder`)
+        return JobOutcome(  # a controller callback may refuse what a loop reported (`custom_job.ReportRecorder`)
             ray_job_id=ray_job_id,
             status="failed",
             error_type=type(cause).__name__,
@@ -290,6 +310,8 @@ def main(
         storage.write_json(outcome_uri, outcome.model_dump(mode="json"))
         print(f"ttrain job {spec.run_id} failed: {outcome.error_type}: {outcome.message}", file=sys.stderr, flush=True)
         return 3 if outcome.deterministic else 1
+    commits = read_commits(run_dir(spec), spec.ray_job_id, 0)
+    tracking.export(spec, commits[-1] if commits else None)
     storage.write_json(outcome_uri, JobOutcome(ray_job_id=spec.ray_job_id, status="succeeded").model_dump(mode="json"))
     print(f"ttrain job {spec.run_id} finished: {result.metrics}", flush=True)
     return 0

@@ -2,7 +2,7 @@
 
 Everything else stays plain Ray Train: `prepare_model`, `prepare_data_loader`, and
 `ray.train.report(metrics, checkpoint=...)` with a `step` metric on every checkpoint. ttrain records each checkpoint
-Ray commits (`custom_job.CommitRecorder`), so the run's ledger, reattach, resume and sweeps work as for its own jobs:
+Ray commits (`custom_job.ReportRecorder`), so the run's ledger, reattach, resume and sweeps work as for its own jobs:
 
     def train_func(config: dict) -> None:
         run = loop.current()

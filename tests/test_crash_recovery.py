@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from pathlib import Path
 
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -26,10 +27,11 @@ from safetensors.torch import load_file
 from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from ray_jobs.history import read_history
 from tests.helpers import run, tiny_config, wait_until
 
 pytestmark = pytest.mark.integration
@@ -185,6 +187,13 @@ def test_ray_job_stopped_resumes_from_checkpoint_and_matches_uninterrupted_run(s
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-6, f"weights differ by {worst}"
+    # the metric history has each step once: at every checkpoint the values of the uninterrupted run
+    runs = str(Path(resumed.final_checkpoint.uri).parents[2])  # <runs>/<run>/<job>/<checkpoint>
+    history = {r.step: r.values for r in read_history(os.path.join(runs, "it-exact-interrupted"))}
+    twin = {r.step: r.values for r in read_history(os.path.join(runs, "it-exact-reference"))}
+    for step in range(EVERY, STEPS + 1, EVERY):
+        assert history[step].keys() >= {"loss", "lr", "epoch"}
+        assert all(abs(history[step][k] - twin[step][k]) <= 1e-6 * max(1.0, abs(twin[step][k])) for k in ("loss", "lr"))
 
 
 def test_hung_ray_worker_is_caught_by_the_progress_watchdog(side_by_side):

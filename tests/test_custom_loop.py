@@ -19,13 +19,14 @@ import yaml
 from safetensors.torch import load_file
 from temporalio.client import WorkflowFailureError
 
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.errors import root_message
 from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus, TrainingResult
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from ray_jobs.history import read_history
 from ray_jobs.outcome import read_commits
 from ray_jobs.specs import CustomTrainConfig
 from tests.helpers import assert_one_line_error, run, ttrain, wait_until
@@ -94,8 +95,13 @@ async def failed_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[str
     return root_message(failed.value), await handle.query(CheckpointedTrainingWorkflow.status)
 
 
-async def custom_sweep(stack) -> tuple[SweepState, RunStatus, RunStatus]:
-    base = custom_config(max_steps=40, checkpoint_every_steps=10, scaling={"num_workers": 1})
+def mlflow_env(tmp: Path) -> dict:
+    """A real local MLflow store (SQLite), set for the job through the config's runtime_env."""
+    return {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "MLFLOW_EXPERIMENT_NAME": "it-custom"}}
+
+
+async def custom_sweep(stack, runtime_env: dict) -> tuple[SweepState, RunStatus, RunStatus]:
+    base = custom_config(max_steps=40, checkpoint_every_steps=10, scaling={"num_workers": 1}, runtime_env=runtime_env)
     base = base.model_copy(update={"train_loop_config": {"hidden": 16, "batch_size": 32}})
     spec = SweepSpec(
         id="it-custom-sweep",
@@ -157,6 +163,7 @@ def custom_runs(stack, tmp_path_factory) -> dict:
         checkpoint_every_steps=10,
         scaling={"num_workers": 1},
         train_loop_config={"num_hidden_layers": 1, "rows": 200, "batch_size": 8, "max_length": 32},
+        runtime_env=mlflow_env(tmp),
     )
 
     async def all_at_once():
@@ -164,14 +171,14 @@ def custom_runs(stack, tmp_path_factory) -> dict:
             killed_run(stack, config_file),
             finished_run(stack, "it-custom-reference", custom_config()),
             finished_run(stack, "it-custom-hf", hf),
-            custom_sweep(stack),
+            custom_sweep(stack, mlflow_env(tmp)),
             failed_run(stack, "it-custom-no-step", bad("bad_loops:no_step")),
             failed_run(stack, "it-custom-early", bad("bad_loops:returns_early")),
             failed_run(stack, "it-custom-typo", bad("bad_loops:no_such_function")),
         )
 
     names = ("killed", "reference", "hf", "sweep", "no_step", "early", "typo")
-    return dict(zip(names, run(all_at_once()), strict=True))
+    return {**dict(zip(names, run(all_at_once()), strict=True)), "mlflow": f"sqlite:///{tmp}/mlflow.db"}
 
 
 @pytest.mark.integration
@@ -189,6 +196,42 @@ def test_a_custom_loop_on_two_workers_killed_mid_run_ends_with_the_weights_of_an
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-6, f"weights differ by {worst}"
     assert result.metrics["eval_accuracy"] == reference.metrics["eval_accuracy"] > 0.6  # it learned the spirals
+    # the metric history: every report once, across both jobs, with the values of the uninterrupted run
+    runs = Path(result.final_checkpoint.uri).parents[2]  # <runs>/<run>/<job>/<checkpoint>
+    history, twin = read_history(str(runs / "it-custom-killed")), read_history(str(runs / "it-custom-reference"))
+    assert [r.step for r in history] == list(range(20, STEPS + 1, 20)) == [r.step for r in twin]
+    jobs = {f.parent.parent.name for f in (runs / "it-custom-killed").glob("*/metrics/*.jsonl")}
+    assert len(jobs) == 2  # the history spans the killed job and its successor
+    for row, reference_row in zip(history, twin, strict=True):
+        assert row.values.keys() == reference_row.values.keys() >= {"loss", "lr"}
+        assert all(abs(row.values[k] - reference_row.values[k]) <= 1e-6 for k in row.values), row.step
+    # TensorBoard sees the same curve: the retry's event file purges the steps after its checkpoint
+    board = tensorboard_scalars(runs / "it-custom-killed" / "tensorboard")
+    assert sorted(step for step, _ in board["loss"]) == [r.step for r in history]
+    assert all(abs(v - h.values["loss"]) <= 1e-6 for (_, v), h in zip(sorted(board["loss"]), history, strict=True))
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars as TensorBoard shows them: event files in order, a session start at step N hiding what earlier
+    files logged from N on (TensorBoard's purge of a restarted writer's orphans)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    files = sorted(folder.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
+    assert len(files) >= 2  # one per job
+    for path in files:
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            if event.session_log.status == SessionLog.START:
+                scalars = {k: [(s, v) for s, v in points if s < event.step] for k, points in scalars.items()}
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
 
 
 @pytest.mark.integration
@@ -216,6 +259,41 @@ def test_the_hugging_face_example_checkpoints_plain_save_pretrained_folders(cust
     assert result.steps == 20 and 0.0 <= result.metrics["eval_accuracy"] <= 1.0
     model = AutoModelForSequenceClassification.from_pretrained(result.final_checkpoint.uri)
     assert model.config.num_hidden_layers == 1 and model.config.num_labels == 2
+
+
+@pytest.mark.integration
+def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoint(custom_runs):
+    """One MLflow run per ttrain run; a sweep's trials nested under one run of the sweep; a trial trained rung by
+    rung (two jobs) has each step of its history once."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(custom_runs["mlflow"])
+    experiment = client.get_experiment_by_name("it-custom").experiment_id
+    state, _, _ = custom_runs["sweep"]
+    expected = {"it-custom-hf", "it-custom-sweep", *(t.run_id for t in state.trials)}
+
+    def exported() -> dict | None:  # a trial left waiting at its rung exports once its job leaves, within 20 s
+        found = {
+            r.data.tags.get("ttrain.run_id", r.data.tags.get("ttrain.sweep_id")): r
+            for r in client.search_runs([experiment])
+        }
+        return found if set(found) == expected else None
+
+    runs = run(wait_until(exported, 90, "every run in MLflow"))
+    sweep = runs["it-custom-sweep"].info.run_id
+    (promoted,) = [t for t in state.trials if len(t.results) == 2]
+    for trial in state.trials:
+        tracked = runs[trial.run_id]
+        assert tracked.data.tags["mlflow.parentRunId"] == sweep
+        assert float(tracked.data.params["train_loop_config.lr"]) == trial.params["train_loop_config.lr"]
+    trial = runs[promoted.run_id].info.run_id
+    assert [m.step for m in client.get_metric_history(trial, "loss")] == [10, 20, 30, 40]  # two jobs, each step once
+    assert runs[promoted.run_id].info.status == "FINISHED"
+    assert "model.safetensors" in [f.path.split("/")[-1] for f in client.list_artifacts(trial, "checkpoint")]
+    hf = runs["it-custom-hf"]
+    assert hf.data.params["entrypoint"] == "ray_jobs.examples.hf_classifier:train_func"
+    assert [m.step for m in client.get_metric_history(hf.info.run_id, "eval_accuracy")] == [10, 20]
+    assert "config.json" in [f.path.split("/")[-1] for f in client.list_artifacts(hf.info.run_id, "checkpoint")]
 
 
 @pytest.mark.integration

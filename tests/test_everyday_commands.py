@@ -53,6 +53,9 @@ def test_ls_logs_and_cancel_a_run_as_a_user_types_them(stack, tmp_path):
     else:
         pytest.fail(f"no log from the run's job: {logs.stdout[-2000:]} {logs.stderr}")
     job_id = json.loads(ttrain("status", "it-everyday", "--json").stdout)["ray_job_id"]
+    shown = ttrain("status", "it-everyday").stdout  # where to look in the UIs
+    assert f"Temporal UI {stack.temporal_ui_url}/namespaces/default/workflows/it-everyday" in shown
+    assert f"Ray dashboard {stack.ray_dashboard_url}/#/jobs/{job_id}" in shown
 
     out = ttrain("cancel", "it-everyday")
     assert out.returncode == 0, out.stderr

@@ -31,7 +31,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.ray_submission import INCARNATION_KEY, RUN_ID_KEY, RaySubmission
 from orchestration.types import RunStatus

@@ -19,7 +19,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
 from cluster import local_stack
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow

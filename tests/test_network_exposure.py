@@ -21,7 +21,7 @@ import grpc
 import pytest
 import torch.distributed
 
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from tests.helpers import run, tiny_config, wait_until

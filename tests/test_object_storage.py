@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster import local_stack
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow

@@ -235,8 +235,8 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
     unknown = ttrain("sweep-ctl", "no-such-sweep", "pause")
     assert unknown.returncode == 1 and unknown.stderr.startswith("ttrain: error: sweep 'no-such-sweep'")
     huge = tmp_path / "huge.yaml"
-    huge.write_text(sweep_file.read_text().replace("trials: 6", "trials: 20001"))
-    assert_one_line_error(ttrain("sweep", str(huge)), 1, "a sweep runs at most 20,000 trials")
+    huge.write_text(sweep_file.read_text().replace("trials: 6", "trials: 100001"))
+    assert_one_line_error(ttrain("sweep", str(huge)), 1, "a sweep runs at most 100,000 trials")
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: x\nstrategy: ladder\nspace: {params: {lr: {type: uniform, low: 0, high: 1}}}\n")
     out = ttrain("sweep", str(bad))

@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from orchestration.cli import start_training
+from orchestration.api import start_training
 from orchestration.client import connect
 from orchestration.types import InferenceRequest, InferenceResult, TrainingResult
 from orchestration.workflows.inference import InferenceWorkflow

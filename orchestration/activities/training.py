@@ -51,7 +51,13 @@ from ray_jobs.outcome import (
 from ray_jobs.specs import CustomTrainConfig, JobSpec, TrainConfig
 
 JOB_MODULES = {"text": "ray_jobs.text_job", "image": "ray_jobs.image_job", "custom": "ray_jobs.custom_job"}
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TTRAIN_RAY_MAX_FAILURES")
+FORWARDED_ENV = (
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+    "TTRAIN_RAY_MAX_FAILURES",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+)
 T = TypeVar("T")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its log prefixes
 LAST_LINE_CHARS = 300
@@ -275,6 +281,7 @@ class _Attempt:
             resume_from_step=resume.step if resume else 0,
             stop_at_step=self.inp.stop_at_step,
             park_s=self.inp.park_s,
+            sweep_id=self.inp.sweep_id,
         )
         submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python, self.inp.incarnation)
 

@@ -182,6 +182,7 @@ class CheckpointedTrainingWorkflow:
             previous=self.last_progress,
             attempt=len(self.attempts) + 1,
             incarnation=workflow.info().first_execution_run_id,
+            sweep_id=self.req.report_to,
         )
 
     def _attempt_failure(self, err: ActivityError) -> AttemptFailure:

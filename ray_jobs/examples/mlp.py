@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from ray_jobs import loop
 
 ROWS, HELDOUT = 2_000, 500
+LOG_EVERY = 20  # steps between reports of the loss (the run's metric history); checkpoints report too
 
 
 def spirals(seed: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,16 +79,21 @@ def train_func(config: dict) -> None:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if run.checkpoint_due(step):
-            metrics = {"step": step, "loss": _mean(loss.detach()), "eval_accuracy": _accuracy(model, test_x, test_y)}
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    save_file(model.state_dict(), os.path.join(d, "model.safetensors"))
-                    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-                    torch.save(state, os.path.join(d, "optimizer.pt"))
-                    checkpoint = ray.train.Checkpoint.from_directory(d)
-                ray.train.report(metrics, checkpoint=checkpoint)
+        if not (step % LOG_EVERY == 0 or run.checkpoint_due(step)):
+            continue
+        metrics = {"step": step, "loss": _mean(loss.detach()), "lr": scheduler.get_last_lr()[0]}
+        if not run.checkpoint_due(step):
+            ray.train.report(metrics)  # a point of the run's metric history, no checkpoint
+            continue
+        metrics["eval_accuracy"] = _accuracy(model, test_x, test_y)
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                save_file(model.state_dict(), os.path.join(d, "model.safetensors"))
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                torch.save(state, os.path.join(d, "optimizer.pt"))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _mean(value: torch.Tensor) -> float:

@@ -1,0 +1,106 @@
+"""MLflow, when `MLFLOW_TRACKING_URI` is set: one MLflow run per ttrain run, with its config as params, its metric
+history (`ray_jobs.history`) with steps, and its final checkpoint as an artifact; a sweep's trials nested under one
+run of the sweep.
+
+The job's driver exports once its Ray Train run has ended well: rows newer than what the MLflow run already holds
+(a tag keeps that step), so a run resumed many times, or trained rung by rung, is one MLflow run with each step
+once. Best effort: the tracking server being down never fails the training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+from ray_jobs import storage
+from ray_jobs.history import read_history
+from ray_jobs.outcome import CommittedCheckpoint
+from ray_jobs.specs import JobSpec
+
+log = logging.getLogger("ttrain.tracking")
+RUN_TAG, SWEEP_TAG, LOGGED_TAG = "ttrain.run_id", "ttrain.sweep_id", "ttrain.logged_through_step"
+BATCH = 1_000  # MLflow takes at most 1,000 metrics per log_batch
+
+
+def export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    try:
+        _export(spec, final)
+    except Exception as exc:  # a tracking server is a courtesy: the run's outcome is its checkpoints
+        log.warning("MLflow export of run %s failed: %s", spec.run_id, exc)
+        print(f"ttrain: MLflow export of run {spec.run_id} failed: {exc}", flush=True)
+
+
+def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
+    from mlflow.entities import Metric, RunStatus, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"))
+    parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}) if spec.sweep_id else None
+    tags = {"mlflow.parentRunId": parent} if parent else {}
+    run_id = _run(client, experiment, RUN_TAG, spec.run_id, tags, params=flatten(spec.config.model_dump(mode="json")))
+    logged = int(client.get_run(run_id).data.tags.get(LOGGED_TAG, "0"))
+    rows = [r for r in read_history(storage.join(spec.storage_path, spec.run_id)) if r.step > logged]
+    metrics = [Metric(k, v, int(r.time * 1000), r.step) for r in rows for k, v in sorted(r.values.items())]
+    for start in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+    if rows:
+        client.log_batch(run_id, tags=[RunTag(LOGGED_TAG, str(rows[-1].step))])
+    if final is not None and final.step >= int(final.metrics.get("total_steps", final.step)):
+        with tempfile.TemporaryDirectory() as local:  # the checkpoint may live in an object store
+            _download(final.uri, local)
+            client.log_artifacts(run_id, local, "checkpoint")
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _experiment(client, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # another job created it meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _run(client, experiment: str, tag: str, value: str, tags: dict, params: dict[str, str] | None = None) -> str:
+    """The run tagged `tag=value`, created if none is. Jobs race to create a sweep's run: all of them then keep the
+    oldest, and a duplicate made in the race is deleted by its maker."""
+    from mlflow.entities import Param
+
+    def tagged() -> list:
+        return client.search_runs([experiment], f"tags.`{tag}` = '{value}'", order_by=["attributes.start_time ASC"])
+
+    if found := tagged():
+        return found[0].info.run_id
+    made = client.create_run(experiment, tags={tag: value, "mlflow.runName": value, **tags}).info.run_id
+    if params:
+        items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            client.log_batch(made, params=items[start : start + 100])
+    oldest = tagged()[0].info.run_id
+    if oldest != made:
+        client.delete_run(made)
+    return oldest
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys, as sweeps and `--set` name them."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def _download(uri: str, local: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(uri)
+    pafs.copy_files(path, local, source_filesystem=fs)

@@ -1,0 +1,94 @@
+"""A run's metric history (`ray_jobs.history`) and `ttrain metrics`, on files: no servers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ray_jobs import storage
+from ray_jobs.history import HistoryWriter, read_history
+from tests.helpers import assert_one_line_error
+
+
+def write(job_uri: str, rows: list[tuple[int, dict]], at: float, monkeypatch) -> None:
+    writer = HistoryWriter(job_uri)
+    for i, (step, values) in enumerate(rows):
+        monkeypatch.setattr("time.time", lambda t=at + i: t)
+        writer.add(step, values)
+    writer.flush()
+
+
+def test_a_resumed_runs_history_has_each_step_once_with_the_value_written_last(tmp_path, monkeypatch):
+    """Job A trained to step 30 and died after its checkpoint at 20; job B resumed from 20 and trained 21..40: the
+    steps A trained after 20 were trained again, and B's values are the run's."""
+    run = str(tmp_path / "runs" / "r")
+    write(
+        storage.join(run, "job-a"), [(10, {"loss": 1.0}), (20, {"loss": 0.8, "eval_accuracy": 0.6})], 100, monkeypatch
+    )
+    write(storage.join(run, "job-a"), [(30, {"loss": 0.7, "step": 30})], 110, monkeypatch)  # a second flush
+    write(
+        storage.join(run, "job-b"), [(30, {"loss": 0.65}), (40, {"loss": 0.5, "eval_accuracy": 0.7})], 200, monkeypatch
+    )
+    (written,) = storage.list_names(storage.join(run, "job-b", "metrics"))
+    with open(os.path.join(run, "job-b", "metrics", written), "a") as f:
+        f.write('{"step": 50, "time": 300, "val')  # a write cut short by a crash
+    rows = read_history(run)
+    assert [r.step for r in rows] == [10, 20, 30, 40]
+    assert [r.values for r in rows] == [
+        {"loss": 1.0},
+        {"loss": 0.8, "eval_accuracy": 0.6},
+        {"loss": 0.65},  # job B's, written last; `step` is the row's key, not a metric
+        {"loss": 0.5, "eval_accuracy": 0.7},
+    ]
+
+
+def test_a_flush_without_rows_writes_nothing_and_non_numbers_are_left_out(tmp_path):
+    writer = HistoryWriter(str(tmp_path / "job"))
+    writer.flush()
+    writer.add(1, {"note": "text", "ok": True, "loss": 2})
+    writer.flush()
+    assert len(storage.list_names(str(tmp_path / "job" / "metrics"))) == 1
+    assert [r.values for r in read_history(str(tmp_path))] == [{"loss": 2.0}]
+
+
+def ttrain_metrics(storage_dir, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TTRAIN_STORAGE": str(storage_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "metrics", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_ttrain_metrics_prints_a_table_csv_json_and_draws_the_curves(tmp_path, monkeypatch):
+    run = str(tmp_path / "runs" / "r1")
+    write(
+        storage.join(run, "job"),
+        [(s, {"loss": 1 / s, **({"eval_accuracy": 0.5} if s == 4 else {})}) for s in (1, 2, 4)],
+        0,
+        monkeypatch,
+    )
+    table = ttrain_metrics(tmp_path, "r1")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.split("\n")[0].split() == ["step", "eval_accuracy", "loss"]
+    assert len(table.stdout.strip().split("\n")) == 4
+    rows = list(csv.DictReader(io.StringIO(ttrain_metrics(tmp_path, "r1", "--csv").stdout)))
+    assert [(r["step"], r["eval_accuracy"], float(r["loss"])) for r in rows] == [
+        ("1", "", 1.0),
+        ("2", "", 0.5),
+        ("4", "0.5", 0.25),
+    ]
+    data = json.loads(ttrain_metrics(tmp_path, "r1", "--json", "--plot", str(tmp_path / "c.png")).stdout)
+    assert [d["step"] for d in data] == [1, 2, 4] and data[2]["eval_accuracy"] == 0.5
+    assert (tmp_path / "c.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize(
+    ("run_id", "code", "needle"), [("nope", 1, "run 'nope' has no metric history"), ("../x", 2, "not allowed")]
+)
+def test_ttrain_metrics_errors_are_one_line(tmp_path, run_id, code, needle):
+    assert_one_line_error(ttrain_metrics(tmp_path, run_id), code, needle)

@@ -1,0 +1,56 @@
+"""The Python API (`orchestration.api`) from a script, as a notebook user drives it: a sweep to its end, its
+leaderboard as a pandas DataFrame, the same settings as the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    from orchestration.api import Ttrain
+
+    tt = Ttrain.connect()
+    state = tt.sweep({
+        "id": "it-api-sweep", "strategy": "ladder", "trainer": "simulated", "trials": 12, "max_concurrency": 4,
+        "ladder": {"min_steps": 10, "max_steps": 90, "eta": 3},
+        "space": {"params": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}},
+    })
+    frame = tt.leaderboard_frame("it-api-sweep")
+    listed = [item.id for item in tt.ls(["sweep"])]
+    print(json.dumps({
+        "trials": len(state.trials), "rows": len(frame), "columns": list(frame.columns),
+        "ranked": frame[["rung", "eval_accuracy"]].values.tolist(), "listed": listed,
+    }))
+    tt.close()
+    """
+)
+
+
+@pytest.mark.integration
+def test_a_script_drives_a_sweep_and_reads_its_leaderboard_as_a_dataframe(stack):
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["trials"] == got["rows"] == 12
+    assert got["columns"] == ["trial", "run_id", "state", "rung", "steps", "eval_accuracy", "param.lr"]
+    ranked = [(rung, score) for rung, score in got["ranked"]]
+    assert ranked[0][0] == 2 and ranked == sorted(ranked, key=lambda r: (-r[0], -r[1]))  # best first, by rung
+    assert "it-api-sweep" in got["listed"]
+
+
+def test_bad_input_raises_before_anything_connects():
+    from pydantic import ValidationError
+
+    from orchestration.api import as_config, as_sweep_spec
+    from orchestration.config_loading import ConfigError
+
+    with pytest.raises(ValidationError):
+        as_config({"kind": "custom", "entrypoint": "m:f"})  # no max_steps
+    with pytest.raises(ConfigError, match="unknown search-space keys"):
+        as_sweep_spec({"id": "s", "space": {"params": {"nope": {"type": "uniform", "low": 0, "high": 1}}}})
