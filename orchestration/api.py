@@ -183,11 +183,22 @@ def as_config(config: TrainConfig | dict | str) -> TrainConfig:
 
 
 def as_sweep_spec(spec: SweepSpec | dict | str) -> SweepSpec:
+    """A sweep file, dict or spec, checked before anything connects (including the trial cap)."""
     if isinstance(spec, str | Path):
-        return validate(SweepSpec, read_mapping(spec))
-    if isinstance(spec, dict):
-        return validate(SweepSpec, spec)
+        where, spec = f"{spec}: ", validate(SweepSpec, read_mapping(spec))
+    elif isinstance(spec, dict):
+        where, spec = "", validate(SweepSpec, spec)
+    else:
+        where = ""
+    try:
+        check_trials(spec.trials)
+    except ValueError as exc:
+        raise CliError(f"{where}{exc}") from None
     return spec
+
+
+def run_options(settings: Settings, **options) -> RunOptions:
+    return RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue, **options)
 
 
 async def result_of(handle: WorkflowHandle, what: str):
@@ -261,7 +272,7 @@ async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress |
 
 
 def training_request(settings: Settings, run_id: str, config: TrainConfig, **options) -> TrainingRequest:
-    opts = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue, **options)
+    opts = run_options(settings, **options)
     return TrainingRequest(run_id=run_id, config=config, options=opts)
 
 
@@ -339,8 +350,7 @@ async def evaluate(client: Client, settings: Settings, req: EvaluationRequest) -
 
 def experiments_request(settings: Settings, file: str, max_concurrency: int | None = None) -> CoordinatorRequest:
     """The experiment file, validated (before anything connects: a bad file is refused without a server)."""
-    options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
-    return load_experiments(file, options, max_concurrency)
+    return load_experiments(file, run_options(settings), max_concurrency)
 
 
 async def launch_experiments(client: Client, settings: Settings, req: CoordinatorRequest, replace: bool) -> Launched:
@@ -357,14 +367,12 @@ async def launch_experiments(client: Client, settings: Settings, req: Coordinato
 
 
 async def launch_sweep(client: Client, settings: Settings, spec: SweepSpec, replace: bool) -> Launched:
-    """Start a sweep, or follow / continue the same one under its id; another under a taken id is refused."""
-    try:
-        check_trials(spec.trials)
-    except ValueError as exc:
-        raise CliError(f"sweep {spec.id}: {exc}") from None
-    options = RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue)
+    """Start a sweep (its spec checked by `as_sweep_spec`), or follow / continue the same one under its id; another
+    under a taken id is refused."""
     state = SweepState(
-        spec=spec, options=options, search_attributes=os.environ.get("TTRAIN_SEARCH_ATTRIBUTES", "1") != "0"
+        spec=spec,
+        options=run_options(settings),
+        search_attributes=os.environ.get("TTRAIN_SEARCH_ATTRIBUTES", "1") != "0",
     )
     return await launch(
         client,

@@ -10,11 +10,11 @@ import argparse
 import sys
 import uuid
 
-from orchestration.api import connect_client, launch_training, new_run_id, query
+from orchestration.api import connect_client, launch_training, new_run_id, query, run_options
 from orchestration.config_loading import ConfigError, load_config
 from orchestration.launch import launch
 from orchestration.settings import Settings
-from orchestration.types import RunOptions, ScaleUpRequest, ScaleUpResult
+from orchestration.types import ScaleUpRequest, ScaleUpResult
 from orchestration.views import follow, print_result, wait_reporting
 from orchestration.workflows.scaleup import ScaleUpWorkflow
 from ray_jobs.specs import ImageTrainConfig
@@ -113,7 +113,7 @@ async def cmd_scaleup(args, settings: Settings) -> int:
         config=config,
         workers=counts,
         scaling="weak" if args.weak else "strong",
-        options=RunOptions(storage_uri=settings.storage_uri, training_queue=settings.training_queue),
+        options=run_options(settings),
     )
     client = await connect_client(settings)
     launched = await launch(

@@ -18,6 +18,7 @@ from temporalio.service import RPCError
 from orchestration import cifar_cli, inventory, metrics_view
 from orchestration.api import (
     SWEEP_CONTROLS,
+    as_sweep_spec,
     connect_client,
     control_sweep,
     evaluate,
@@ -32,11 +33,11 @@ from orchestration.api import (
     run_status,
     start_training,
 )
-from orchestration.config_loading import ConfigError, load_config, read_mapping, validate
+from orchestration.config_loading import ConfigError, load_config
 from orchestration.errors import CliError
 from orchestration.ray_submission import RaySubmission
 from orchestration.settings import Settings
-from orchestration.sweeps.models import BoardPage, SweepSpec, check_trials
+from orchestration.sweeps.models import BoardPage
 from orchestration.types import EvaluationRequest, InferenceRequest, RunStatus
 from orchestration.views import (
     TABLE_TOP,
@@ -196,11 +197,7 @@ async def cmd_results(args, settings: Settings) -> int:
 
 
 async def cmd_sweep(args, settings: Settings) -> int:
-    spec = validate(SweepSpec, read_mapping(args.file))
-    try:
-        check_trials(spec.trials)
-    except ValueError as exc:
-        raise CliError(f"{args.file}: {exc}") from None
+    spec = as_sweep_spec(args.file)
     client = await connect_client(settings)
     launched = await launch_sweep(client, settings, spec, args.replace)
     print(f"{launched.note} ({spec.strategy}, {spec.trials} trials)", file=sys.stderr)
