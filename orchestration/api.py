@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
 from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import TypeAdapter
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 from orchestration import inventory
 from orchestration.client import connect
-from orchestration.config_loading import load_config, read_mapping, validate
+from orchestration.config_loading import anchored, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
 from orchestration.launch import Launched, launch
@@ -150,19 +150,22 @@ class AsyncTtrain:
 
 
 class Ttrain:
-    """`AsyncTtrain`, synchronous: each call runs to its end on this object's own event loop (not inside a running
-    loop: use `AsyncTtrain` there)."""
+    """`AsyncTtrain`, synchronous: each call runs to its end on this object's own event loop, in a thread of its
+    own, so it works where a loop already runs (a Jupyter notebook) as well as in a plain script."""
 
-    def __init__(self, inner: AsyncTtrain, loop: asyncio.AbstractEventLoop) -> None:
-        self._inner, self._loop = inner, loop
+    def __init__(self, inner: AsyncTtrain, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self._inner, self._loop, self._thread = inner, loop, thread
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Ttrain:
         loop = asyncio.new_event_loop()
-        return cls(loop.run_until_complete(AsyncTtrain.connect(settings)), loop)
+        thread = threading.Thread(target=loop.run_forever, name="ttrain-api", daemon=True)
+        thread.start()
+        inner = asyncio.run_coroutine_threadsafe(AsyncTtrain.connect(settings), loop).result()
+        return cls(inner, loop, thread)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coro)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def __getattr__(self, name: str):
         method = getattr(self._inner, name)
@@ -171,25 +174,29 @@ class Ttrain:
         return lambda *args, **kwargs: self._run(method(*args, **kwargs))
 
     def close(self) -> None:
-        self._loop.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
 
 
 def as_config(config: TrainConfig | dict | str) -> TrainConfig:
+    """As the CLI reads a config: unknown keys refused, a custom loop's relative `working_dir` made absolute (from
+    the file's folder; from here for a dict)."""
     if isinstance(config, str | Path):
         return load_config(str(config), [])
     if isinstance(config, dict):
-        return TypeAdapter(TrainConfig).validate_python(config)
+        return load_config(None, [], base=config)
     return config
 
 
 def as_sweep_spec(spec: SweepSpec | dict | str) -> SweepSpec:
-    """A sweep file, dict or spec, checked before anything connects (including the trial cap)."""
+    """A sweep file, dict or spec, checked before anything connects (including the trial cap); a custom base's
+    relative `working_dir` is anchored as for `ttrain train`."""
+    where, folder = "", Path.cwd()
     if isinstance(spec, str | Path):
-        where, spec = f"{spec}: ", validate(SweepSpec, read_mapping(spec))
+        where, folder, spec = f"{spec}: ", Path(spec).parent, validate(SweepSpec, read_mapping(spec))
     elif isinstance(spec, dict):
-        where, spec = "", validate(SweepSpec, spec)
-    else:
-        where = ""
+        spec = validate(SweepSpec, spec)
+    spec = spec.model_copy(update={"base": anchored(spec.base, folder)})
     try:
         check_trials(spec.trials)
     except ValueError as exc:

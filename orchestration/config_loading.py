@@ -110,15 +110,14 @@ def load_config(
         if kind not in CONFIG_KINDS:
             raise ConfigError(f"invalid config: kind {kind!r} is not one of {sorted(CONFIG_KINDS)}")
         model = CONFIG_KINDS[kind]
-    config = validate(model, data)
-    if isinstance(config, CustomTrainConfig):
-        config = _anchored(config, Path(path).parent if path else Path.cwd())
-    return config
+    return anchored(validate(model, data), Path(path).parent if path else Path.cwd())
 
 
-def _anchored(config: CustomTrainConfig, base: Path) -> CustomTrainConfig:
+def anchored(config: Any, base: Path) -> Any:
     """A relative `working_dir` is relative to the config file (as in a compose file), made absolute here: the
-    training worker that submits the job runs elsewhere, in another directory."""
+    training worker that submits the job runs elsewhere, in another directory. Other kinds pass unchanged."""
+    if not isinstance(config, CustomTrainConfig):
+        return config
     working_dir = config.runtime_env.working_dir
     if not working_dir or "://" in working_dir or Path(working_dir).is_absolute():
         return config

@@ -36,6 +36,9 @@ class Listed(Model):
 
 async def list_work(client: Client, kinds: list[str] | None = None, limit: int = 50) -> list[Listed]:
     """Newest first. `kinds`: some of `KINDS`' values (all when None)."""
+    unknown = sorted(set(kinds or []) - set(KINDS.values()))
+    if unknown or kinds == []:
+        raise CliError(f"kinds {unknown or []} are not among {sorted(KINDS.values())}")
     types = [t for t, kind in KINDS.items() if kinds is None or kind in kinds]
     query = " OR ".join(f"WorkflowType = '{t}'" for t in types)
     found = []

@@ -18,9 +18,16 @@ ADDRESSES_FILE = "addresses.json"
 INLINE_MAX = 256 * 1024  # Temporal warns from 512 KB and refuses 2 MB
 
 
+LEGACY_HOME = Path(".ttrain")  # the default before the per-user one
+
+
 def default_home() -> Path:
     """Per user, not per directory: `ttrain status` finds the same stack and runs from wherever it is typed
-    (`~/.local/share/ttrain` on Linux). The Makefile keeps its demo and tests in the repository's `.ttrain`."""
+    (`~/.local/share/ttrain` on Linux). The Makefile keeps its demo and tests in the repository's `.ttrain`. A
+    `./.ttrain` that an earlier release's `ttrain up` started a stack in is still used, so that stack, its pids and
+    its storage are found until it is stopped."""
+    if (LEGACY_HOME / "run").is_dir():
+        return LEGACY_HOME
     return platformdirs.user_data_path("ttrain")
 
 

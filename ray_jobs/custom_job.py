@@ -12,34 +12,51 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 import time
 from collections.abc import Callable
 
+import pyarrow.fs as pafs
 import ray.train
 
 from ray_jobs import job_runner, loop, storage
 from ray_jobs.outcome import CommittedCheckpoint, InvalidJobInput, commit_record_uri, job_dir
 from ray_jobs.specs import CustomTrainConfig, JobSpec
 
-HISTORY_FLUSH_S = 5.0  # reports without a checkpoint reach the history at least this often (and at every checkpoint)
+HISTORY_FLUSH_S = 30.0  # reports without a checkpoint reach the history at least this often (and at every checkpoint)
 
 
 def entrypoint(cfg: CustomTrainConfig) -> Callable[[dict], None]:
+    """Imported on each worker. Whatever stops the import (a missing attribute, a syntax error, a dependency the
+    workers lack) would stop every attempt the same way: it fails the run at once."""
     module_name, _, attr = cfg.entrypoint.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidJobInput(f"entrypoint {cfg.entrypoint!r} cannot be imported: {exc}") from None
+    except Exception as exc:
+        raise InvalidJobInput(
+            f"entrypoint {cfg.entrypoint!r} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from None
     if not callable(function):
         raise InvalidJobInput(f"entrypoint {cfg.entrypoint!r} is not a function")
     return function
 
 
 def check(spec: JobSpec) -> None:
+    """The driver only finds the module, without importing it: its imports may need what only the workers have (a
+    GPU library on a CPU-only head node), and importing would run its side effects once more."""
     assert isinstance(spec.config, CustomTrainConfig), "custom_job runs custom configs"
-    entrypoint(spec.config)
+    module_name = spec.config.entrypoint.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except ImportError as exc:  # a parent package that does not import
+        raise InvalidJobInput(f"entrypoint {spec.config.entrypoint!r}: {exc}") from None
+    if found is None:
+        raise InvalidJobInput(
+            f"entrypoint {spec.config.entrypoint!r} cannot be imported: no module {module_name!r} "
+            "(install it on the Ray nodes, or ship it with runtime_env.working_dir)"
+        )
 
 
 def train_loop_per_worker(spec_json: dict) -> None:
@@ -96,18 +113,14 @@ class ReportRecorder(ray.train.UserCallback):
 
 
 def content_hash(checkpoint: ray.train.Checkpoint) -> str:
-    """Over every file's relative path and bytes: the same state gives the same hash, wherever it was written."""
+    """Over every file's relative path and size, listed where the checkpoint lives: the controller reads no bytes
+    (a checkpoint of many GB must not hold up the next report, nor be downloaded to the controller's node)."""
+    fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     digest = hashlib.sha256()
-    with checkpoint.as_directory() as local:
-        for root, dirs, files in os.walk(local):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                digest.update(os.path.relpath(path, local).encode())
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-    return "sha256:" + digest.hexdigest()
+    for info in sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path):
+        digest.update(f"{os.path.relpath(info.path, root)}\0{info.size}\n".encode())
+    return "sha256-manifest:" + digest.hexdigest()
 
 
 if __name__ == "__main__":

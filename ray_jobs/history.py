@@ -1,14 +1,16 @@
 """A run's metric history: every value its jobs reported, by step, kept in the run's storage.
 
 Each Ray job writes its own rows (`<run>/<job>/metrics/<ns>-<pid>.jsonl`, one file per flush, never rewritten, so
-it works on object stores that cannot append). A run resumed from a checkpoint trains some steps again in a new job;
-reading keeps, for each step and metric, the value written last, so the history has each step once, and it is the
-one the run's surviving weights came from.
+it works on object stores that cannot append), each with the step the job resumed from. Reading follows the run's
+lineage: jobs in the order they trained, each one replacing what earlier jobs wrote after its resume step. So a run
+resumed from a checkpoint has each step once, with the values its surviving weights came from, and a run id started
+over (`--replace`, from step 0) shows none of the old run's curve.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from ray_jobs import storage
 
 HISTORY_DIR = "metrics"
+log = logging.getLogger("ttrain.history")
 BOARD_DIR = "tensorboard"
 
 
@@ -26,6 +29,7 @@ class MetricRow(BaseModel):
     step: int
     time: float
     values: dict[str, float]
+    from_step: int = 0  # where the job that wrote it resumed: what it wrote replaces earlier jobs' rows after this
 
 
 class HistoryWriter:
@@ -45,23 +49,32 @@ class HistoryWriter:
         numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         numbers.pop("step", None)
         if numbers:
-            self.rows.append(MetricRow(step=step, time=time.time(), values=numbers))
+            self.rows.append(MetricRow(step=step, time=time.time(), values=numbers, from_step=self.resume_step))
             self._to_board(step, numbers)
 
     def _to_board(self, step: int, numbers: dict[str, float]) -> None:
+        """Best effort, like the history: a full disk ends TensorBoard's copy, never the training."""
         if self.board_dir is None:
             return
-        if self._board is None:
-            from tensorboardX import SummaryWriter
+        try:
+            if self._board is None:
+                from tensorboardX import SummaryWriter
 
-            self._board = SummaryWriter(self.board_dir, purge_step=self.resume_step + 1, flush_secs=10)
-        for name, value in numbers.items():
-            self._board.add_scalar(name, value, step)
+                self._board = SummaryWriter(self.board_dir, purge_step=self.resume_step + 1, flush_secs=10)
+            for name, value in numbers.items():
+                self._board.add_scalar(name, value, step)
+        except Exception as exc:
+            log.warning("TensorBoard events not written (%s); the history goes on without them", exc)
+            self.board_dir = None
 
     def flush(self) -> None:
         """Best effort: a history write that fails never fails the training (the checkpoint is what matters)."""
-        if self._board is not None:
-            self._board.flush()
+        if self._board is not None and self.board_dir is not None:
+            try:
+                self._board.flush()
+            except Exception as exc:
+                log.warning("TensorBoard events not written (%s)", exc)
+                self.board_dir = None
         if not self.rows:
             return
         text = "".join(row.model_dump_json() + "\n" for row in self.rows)
@@ -74,23 +87,28 @@ class HistoryWriter:
 
 
 def read_history(run_uri: str) -> list[MetricRow]:
-    """The run's history in step order: one row per step, each metric's value the one written last."""
-    latest: dict[tuple[int, str], tuple[float, float]] = {}  # (step, metric) → (time written, value)
-    for job in storage.list_names(run_uri):
-        directory = storage.join(run_uri, job, HISTORY_DIR)
-        for name in sorted(storage.list_names(directory)):
-            for line in storage.read_bytes(storage.join(directory, name)).decode().splitlines():
-                try:
-                    row = MetricRow.model_validate(json.loads(line))
-                except ValueError:
-                    continue  # a file cut short by a crash mid-write: its whole rows still count
-                for metric, value in row.values.items():
-                    key = (row.step, metric)
-                    if key not in latest or latest[key][0] <= row.time:
-                        latest[key] = (row.time, value)
+    """The run's history in step order: one row per step, along the run's lineage (see the module)."""
+    jobs = [rows for job in storage.list_names(run_uri) if (rows := _job_rows(storage.join(run_uri, job, HISTORY_DIR)))]
     by_step: dict[int, MetricRow] = {}
-    for (step, metric), (written, value) in sorted(latest.items()):
-        row = by_step.setdefault(step, MetricRow(step=step, time=written, values={}))
-        row.values[metric] = value
-        row.time = max(row.time, written)
-    return list(by_step.values())
+    for rows in sorted(jobs, key=lambda rows: rows[0].time):  # the order the jobs trained in
+        resumed = rows[0].from_step
+        by_step = {step: row for step, row in by_step.items() if step <= resumed}
+        mine: dict[int, MetricRow] = {}
+        for row in rows:  # within a job, a later write of a step adds to (or replaces) its values
+            merged = mine.setdefault(row.step, MetricRow(step=row.step, time=row.time, values={}, from_step=resumed))
+            merged.values.update(row.values)
+            merged.time = max(merged.time, row.time)
+        by_step.update(mine)
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _job_rows(directory: str) -> list[MetricRow]:
+    """One job's rows in the order written; a file cut short by a crash keeps its whole lines."""
+    rows = []
+    for name in storage.list_names(directory):  # named by write time
+        for line in storage.read_bytes(storage.join(directory, name)).decode().splitlines():
+            try:
+                rows.append(MetricRow.model_validate(json.loads(line)))
+            except ValueError:
+                continue
+    return sorted(rows, key=lambda r: r.time)

@@ -34,7 +34,7 @@ from ray_jobs import job_runner
 from ray_jobs.outcome import InvalidJobInput, read_commits
 from ray_jobs.specs import CustomTrainConfig, JobSpec
 
-COMMIT_WAIT_S = 10.0  # Ray Train's controller records a report shortly after the workers made it
+COMMIT_WAIT_S = 120.0  # Ray Train's controller records a report after its next poll of the workers (seconds)
 _current: TrainLoop | None = None
 
 
@@ -85,13 +85,15 @@ class TrainLoop:
     def steps(self) -> Iterator[int]:
         rank = ray.train.get_context().get_world_rank()
         progress = job_runner.ProgressWriter(self.spec)
-        step = self.start_step
+        step = self.last_step  # a loop that leaves `steps()` (for an evaluation, say) and comes back goes on
         while True:
             while step < self.segment.stop:
                 step = self.last_step = step + 1
                 yield step
                 if rank == 0 and progress.due(step == self.segment.stop):
                     progress.write(step, self.total_steps, float("nan"))
+            if step == self.start_step:  # a retry that resumed at the rung itself: nothing trained, nothing to offer
+                return
             if self.segment.park_s > 0 and rank == 0:
                 _check_rung_checkpoint(self.spec, step)
             if not self.segment.await_promotion(rank, ray.train.torch.get_device()):

@@ -258,3 +258,4 @@ class JobSpec(Strict):
         default=0.0, ge=0.0, description="at stop_at_step, wait this long for a promotion before the job ends"
     )
     sweep_id: str | None = Field(default=None, description="the sweep this run is a trial of (MLflow nests it)")
+    incarnation: str | None = Field(default=None, description="which start of the run id (`--replace` starts anew)")

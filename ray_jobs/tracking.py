@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from typing import Any
 
 from ray_jobs import storage
@@ -21,12 +22,24 @@ from ray_jobs.specs import JobSpec
 
 log = logging.getLogger("ttrain.tracking")
 RUN_TAG, SWEEP_TAG, LOGGED_TAG = "ttrain.run_id", "ttrain.sweep_id", "ttrain.logged_through_step"
+INCARNATION_TAG = "ttrain.incarnation"  # a run id started over (`--replace`) is a new MLflow run
 BATCH = 1_000  # MLflow takes at most 1,000 metrics per log_batch
+EXPORT_WAIT_S = 120.0
 
 
 def export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
+    """At most `EXPORT_WAIT_S`: the job has ended well and its attempt waits for it to exit, so a tracking server
+    that hangs (or a huge checkpoint artifact) must not hold it until the progress watchdog stops it."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
+    worker = threading.Thread(target=_export_logged, args=(spec, final), daemon=True)
+    worker.start()
+    worker.join(EXPORT_WAIT_S)
+    if worker.is_alive():
+        print(f"ttrain: MLflow export of run {spec.run_id} gave up after {EXPORT_WAIT_S:.0f}s", flush=True)
+
+
+def _export_logged(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
     try:
         _export(spec, final)
     except Exception as exc:  # a tracking server is a courtesy: the run's outcome is its checkpoints
@@ -42,7 +55,11 @@ def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
     experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"))
     parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}) if spec.sweep_id else None
     tags = {"mlflow.parentRunId": parent} if parent else {}
-    run_id = _run(client, experiment, RUN_TAG, spec.run_id, tags, params=flatten(spec.config.model_dump(mode="json")))
+    tags |= {INCARNATION_TAG: spec.incarnation or ""}
+    params = flatten(spec.config.model_dump(mode="json"))
+    run_id = _run(
+        client, experiment, RUN_TAG, spec.run_id, tags, params, also={INCARNATION_TAG: spec.incarnation or ""}
+    )
     logged = int(client.get_run(run_id).data.tags.get(LOGGED_TAG, "0"))
     rows = [r for r in read_history(storage.join(spec.storage_path, spec.run_id)) if r.step > logged]
     metrics = [Metric(k, v, int(r.time * 1000), r.step) for r in rows for k, v in sorted(r.values.items())]
@@ -67,13 +84,23 @@ def _experiment(client, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def _run(client, experiment: str, tag: str, value: str, tags: dict, params: dict[str, str] | None = None) -> str:
-    """The run tagged `tag=value`, created if none is. Jobs race to create a sweep's run: all of them then keep the
-    oldest, and a duplicate made in the race is deleted by its maker."""
+def _run(
+    client,
+    experiment: str,
+    tag: str,
+    value: str,
+    tags: dict,
+    params: dict[str, str] | None = None,
+    also: dict[str, str] | None = None,
+) -> str:
+    """The run tagged `tag=value` (and the `also` tags), created if none is. Jobs race to create a sweep's run: all
+    of them then keep the oldest, and a duplicate made in the race is deleted by its maker."""
     from mlflow.entities import Param
 
+    where = " AND ".join(f"tags.`{k}` = '{v}'" for k, v in {tag: value, **(also or {})}.items())
+
     def tagged() -> list:
-        return client.search_runs([experiment], f"tags.`{tag}` = '{value}'", order_by=["attributes.start_time ASC"])
+        return client.search_runs([experiment], where, order_by=["attributes.start_time ASC"])
 
     if found := tagged():
         return found[0].info.run_id

@@ -16,36 +16,43 @@ from ray_jobs.history import HistoryWriter, read_history
 from tests.helpers import assert_one_line_error
 
 
-def write(job_uri: str, rows: list[tuple[int, dict]], at: float, monkeypatch) -> None:
-    writer = HistoryWriter(job_uri)
+def write(job_uri: str, rows: list[tuple[int, dict]], at: float, monkeypatch, resumed: int = 0) -> None:
+    writer = HistoryWriter(job_uri, resumed)
     for i, (step, values) in enumerate(rows):
         monkeypatch.setattr("time.time", lambda t=at + i: t)
         writer.add(step, values)
     writer.flush()
 
 
-def test_a_resumed_runs_history_has_each_step_once_with_the_value_written_last(tmp_path, monkeypatch):
+def test_a_resumed_runs_history_follows_its_lineage_each_step_once(tmp_path, monkeypatch):
     """Job A trained to step 30 and died after its checkpoint at 20; job B resumed from 20 and trained 21..40: the
     steps A trained after 20 were trained again, and B's values are the run's."""
     run = str(tmp_path / "runs" / "r")
     write(
         storage.join(run, "job-a"), [(10, {"loss": 1.0}), (20, {"loss": 0.8, "eval_accuracy": 0.6})], 100, monkeypatch
     )
-    write(storage.join(run, "job-a"), [(30, {"loss": 0.7, "step": 30})], 110, monkeypatch)  # a second flush
+    write(storage.join(run, "job-a"), [(30, {"loss": 0.7, "step": 30}), (35, {"loss": 0.69})], 110, monkeypatch)
     write(
-        storage.join(run, "job-b"), [(30, {"loss": 0.65}), (40, {"loss": 0.5, "eval_accuracy": 0.7})], 200, monkeypatch
+        storage.join(run, "job-b"),
+        [(30, {"loss": 0.65}), (40, {"loss": 0.5, "eval_accuracy": 0.7})],
+        200,
+        monkeypatch,
+        20,
     )
     (written,) = storage.list_names(storage.join(run, "job-b", "metrics"))
     with open(os.path.join(run, "job-b", "metrics", written), "a") as f:
         f.write('{"step": 50, "time": 300, "val')  # a write cut short by a crash
     rows = read_history(run)
-    assert [r.step for r in rows] == [10, 20, 30, 40]
+    assert [r.step for r in rows] == [10, 20, 30, 40]  # A's 35 is gone: B trained on from 20, not from A's 35
     assert [r.values for r in rows] == [
         {"loss": 1.0},
         {"loss": 0.8, "eval_accuracy": 0.6},
-        {"loss": 0.65},  # job B's, written last; `step` is the row's key, not a metric
+        {"loss": 0.65},  # job B's; `step` is the row's key, not a metric
         {"loss": 0.5, "eval_accuracy": 0.7},
     ]
+    # the run id started over (`--replace`): a job from step 0 leaves none of the old curve
+    write(storage.join(run, "job-c"), [(10, {"loss": 2.0})], 300, monkeypatch)
+    assert [(r.step, r.values) for r in read_history(run)] == [(10, {"loss": 2.0})]
 
 
 def test_a_flush_without_rows_writes_nothing_and_non_numbers_are_left_out(tmp_path):

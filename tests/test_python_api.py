@@ -12,6 +12,7 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
+    import asyncio
     import json
     from orchestration.api import Ttrain
 
@@ -22,7 +23,11 @@ SCRIPT = textwrap.dedent(
         "space": {"params": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}},
     })
     frame = tt.leaderboard_frame("it-api-sweep")
-    listed = [item.id for item in tt.ls(["sweep"])]
+
+    async def a_notebook_cell():  # Jupyter runs cells inside an event loop: the sync API must work there too
+        return [item.id for item in tt.ls(["sweep"])]
+
+    listed = asyncio.run(a_notebook_cell())
     print(json.dumps({
         "trials": len(state.trials), "rows": len(frame), "columns": list(frame.columns),
         "ranked": frame[["rung", "eval_accuracy"]].values.tolist(), "listed": listed,
@@ -45,12 +50,12 @@ def test_a_script_drives_a_sweep_and_reads_its_leaderboard_as_a_dataframe(stack)
 
 
 def test_bad_input_raises_before_anything_connects():
-    from pydantic import ValidationError
-
     from orchestration.api import as_config, as_sweep_spec
     from orchestration.config_loading import ConfigError
 
-    with pytest.raises(ValidationError):
-        as_config({"kind": "custom", "entrypoint": "m:f"})  # no max_steps
+    with pytest.raises(ConfigError, match="max_steps: Field required"):
+        as_config({"kind": "custom", "entrypoint": "m:f"})
+    with pytest.raises(ConfigError, match="lr: Extra inputs are not permitted"):
+        as_config({"kind": "custom", "entrypoint": "m:f", "max_steps": 5, "lr": 0.1})  # a typo is not dropped
     with pytest.raises(ConfigError, match="unknown search-space keys"):
         as_sweep_spec({"id": "s", "space": {"params": {"nope": {"type": "uniform", "low": 0, "high": 1}}}})

@@ -254,6 +254,8 @@ def test_state_lives_in_one_place_per_user_wherever_ttrain_is_typed(tmp_path, mo
         homes.add(Settings.from_env({}).home)
     assert homes == {tmp_path / "data" / "ttrain"}
     assert Settings.from_env({"TTRAIN_HOME": str(tmp_path / "mine")}).home == tmp_path / "mine"
+    (tmp_path / "b" / ".ttrain" / "run").mkdir(parents=True)  # a stack an earlier release started here
+    assert Settings.from_env({}).home == tmp_path / "b" / ".ttrain"
 
 
 def test_a_custom_configs_working_dir_is_relative_to_its_file(tmp_path, monkeypatch):
@@ -268,3 +270,11 @@ def test_a_custom_configs_working_dir_is_relative_to_its_file(tmp_path, monkeypa
     assert config.runtime_env.working_dir == str(tmp_path / "proj" / "code")
     remote = load_config(str(path), ["runtime_env.working_dir=s3://bucket/code.zip"])
     assert remote.runtime_env.working_dir == "s3://bucket/code.zip"
+    from orchestration.api import as_sweep_spec
+
+    sweep = tmp_path / "proj" / "sweep.yaml"  # a sweep's custom base: relative to the sweep file
+    sweep.write_text(
+        "id: s\nbase: {kind: custom, entrypoint: 'train:main', max_steps: 5, runtime_env: {working_dir: code}}\n"
+        "space: {params: {train_loop_config.lr: {type: uniform, low: 0.1, high: 0.2}}}\n"
+    )
+    assert as_sweep_spec(str(sweep)).base.runtime_env.working_dir == str(tmp_path / "proj" / "code")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from orchestration.sweeps.ladder import Ladder
 from orchestration.sweeps.models import SweepSpec
@@ -70,6 +71,8 @@ def test_a_space_names_the_keys_of_its_base_configs_kind():
     config = apply(spec.base, {"train_loop_config.lr": 0.05, "train_loop_config.model.width": 8, "seed": 3})
     assert type(config) is CustomTrainConfig
     assert (config.train_loop_config, config.seed) == ({"lr": 0.05, "model": {"width": 8}}, 3)
+    with pytest.raises(ValueError, match="'opt' of the base config is 'adam', not a section"):
+        apply(spec.base.model_copy(update={"train_loop_config": {"opt": "adam"}}), {"train_loop_config.opt.lr": 1})
     with pytest.raises(ValidationError, match="keys of the custom config"):
         SweepSpec.model_validate({"id": "c", "space": {"params": {"lr": space["seed"]}}, "base": CUSTOM})
     image = SweepSpec.model_validate(
@@ -338,6 +341,9 @@ def test_a_sweep_saved_as_a_trial_table_resumes_as_the_sweep_saved_as_trial_reco
     from_records = load(old)  # the table cannot hold the rule's answers yet: replays every result, in order
     saved = old.model_dump_json()
     assert '"results"' not in saved  # saved again: as the table
+    # a worker of the release before the table (a rolling upgrade) must fail on it, not read a sweep of no trials
+    with pytest.raises(ValidationError):
+        TypeAdapter(list[dict]).validate_python(json.loads(saved)["trials"])
     from_table = load(SweepState.model_validate_json(saved))
     assert from_table.s.trials == trials
     for part in ("_scores", "_ranked", "_waiting", "_promoted"):

@@ -282,6 +282,7 @@ class _Attempt:
             stop_at_step=self.inp.stop_at_step,
             park_s=self.inp.park_s,
             sweep_id=self.inp.sweep_id,
+            incarnation=self.inp.incarnation,
         )
         submit_job(self.ray, spec, self.opts.storage_uri, self.settings.ray_python, self.inp.incarnation)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 from temporalio.common import SearchAttributeKey
 
 from orchestration.sweeps.space import SearchSpace
@@ -26,6 +26,7 @@ LIVE_SWEEP_SETTINGS = {"trials", "max_total_steps", "max_gpu_hours", "max_concur
 # on a workflow task (past it the task fails and is retried, forever). The trial table (`sweeps.trials`) loads
 # 100,000 trials in about 0.3 s here (bench/RESULTS.md); the cap keeps a wide margin on a loaded worker.
 MAX_TRIALS = 100_000
+TRIALS_MOVED = "kept in 'table' since the trial table; this release cannot read this sweep"
 
 
 def check_trials(n: int) -> int:
@@ -153,10 +154,17 @@ class SweepState(Model):
     @classmethod
     def _trial_records(cls, data: object) -> object:
         """A sweep saved before the table carried its trials as records: histories of such sweeps still replay."""
-        if isinstance(data, dict) and "trials" in data and "table" not in data:
+        if isinstance(data, dict) and isinstance(data.get("trials"), list) and "table" not in data:
             records = [Trial.model_validate(t) for t in data["trials"]]
             data = {**data, "table": TrialTable.of(records)}
         return data
+
+    @model_serializer(mode="wrap")
+    def _refuse_older_releases(self, handler) -> dict:
+        """`trials` is written as a string: a worker of the release before the table (which tolerates unknown
+        fields) fails its workflow task on it and retries until a newer worker takes it, instead of reading no
+        trials and starting the sweep over (a rolling upgrade, a rollback, an older CLI extending the sweep)."""
+        return {**handler(self), "trials": TRIALS_MOVED}
 
     @property
     def trials(self) -> list[Trial]:

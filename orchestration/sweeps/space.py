@@ -122,5 +122,7 @@ def apply(base: C, params: dict[str, Any]) -> C:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: {part!r} of the base config is {node!r}, not a section")
         node[leaf] = value
     return type(base).model_validate(data)
