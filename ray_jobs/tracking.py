@@ -52,7 +52,7 @@ def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"))
+    experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"), spec.storage_path)
     parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}) if spec.sweep_id else None
     tags = {"mlflow.parentRunId": parent} if parent else {}
     tags |= {INCARNATION_TAG: spec.incarnation or ""}
@@ -74,12 +74,16 @@ def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def _experiment(client, name: str) -> str:
+def _experiment(client, name: str, runs_root: str) -> str:
+    """A tracking server keeps artifacts where it is configured to; a local store (SQLite, a file) would put them
+    in `./mlruns` of whichever process exports, so they go next to the runs: `<storage>/mlflow/<experiment>`."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    served = os.environ["MLFLOW_TRACKING_URI"].startswith(("http://", "https://", "databricks"))
+    location = None if served else storage.join(runs_root.rstrip("/").rsplit("/", 1)[0], "mlflow", name)
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=location)
     except Exception:  # another job created it meanwhile
         return client.get_experiment_by_name(name).experiment_id
 

@@ -178,7 +178,8 @@ def custom_runs(stack, tmp_path_factory) -> dict:
         )
 
     names = ("killed", "reference", "hf", "sweep", "no_step", "early", "typo")
-    return {**dict(zip(names, run(all_at_once()), strict=True)), "mlflow": f"sqlite:///{tmp}/mlflow.db"}
+    found = dict(zip(names, run(all_at_once()), strict=True))
+    return {**found, "mlflow": f"sqlite:///{tmp}/mlflow.db", "storage": stack.storage_uri}
 
 
 @pytest.mark.integration
@@ -294,6 +295,7 @@ def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoi
     assert hf.data.params["entrypoint"] == "ray_jobs.examples.hf_classifier:train_func"
     assert [m.step for m in client.get_metric_history(hf.info.run_id, "eval_accuracy")] == [10, 20]
     assert "config.json" in [f.path.split("/")[-1] for f in client.list_artifacts(hf.info.run_id, "checkpoint")]
+    assert hf.info.artifact_uri.startswith(str(Path(custom_runs["storage"]) / "mlflow" / "it-custom"))  # not ./mlruns
 
 
 @pytest.mark.integration
