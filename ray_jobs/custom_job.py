@@ -2,8 +2,8 @@
 
     python -m ray_jobs.custom_job --spec /path/or/uri/to/spec.json
 
-The driver imports the loop's entrypoint before any worker starts (a typo fails the run at once, not after a worker
-group is up); every worker binds its `ray_jobs.loop` context and calls the user's function with its
+The driver finds the entrypoint's module before any worker starts (a missing module fails the run at once, not after
+a worker group is up); every worker imports it, binds its `ray_jobs.loop` context and calls the user's function with its
 `train_loop_config`; and Ray Train's controller records every checkpoint it commits (`ReportRecorder`), which is how
 the training activity mirrors them into the run's ledger, exactly as for ttrain's own jobs.
 """
@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import ray.train
 
 from ray_jobs import job_runner, loop, storage
+from ray_jobs.history import numeric
 from ray_jobs.outcome import CommittedCheckpoint, InvalidJobInput, commit_record_uri, job_dir
 from ray_jobs.specs import CustomTrainConfig, JobSpec
 
@@ -96,7 +97,7 @@ class ReportRecorder(ray.train.UserCallback):
         if not isinstance(step, int) or isinstance(step, bool) or step < 1:
             raise InvalidJobInput(f"a checkpoint was reported with step {step!r}: report {{'step': N, ...}} with it")
         total = self.spec.config.max_steps or step
-        numbers = {k: float(v) for k, v in reported.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        numbers = numeric(reported)
         run_uri = job_runner.run_dir(self.spec)
         name = os.path.basename(checkpoint.path.rstrip("/"))
         record = CommittedCheckpoint(

@@ -32,6 +32,11 @@ class MetricRow(BaseModel):
     from_step: int = 0  # where the job that wrote it resumed: what it wrote replaces earlier jobs' rows after this
 
 
+def numeric(values: dict) -> dict[str, float]:
+    """The numbers among reported values (what a history, a ledger entry or MLflow can hold; booleans are not)."""
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 class HistoryWriter:
     """Rows of one job, buffered and written as a new file at each `flush` (rank 0, or Ray Train's controller).
     On local or shared-filesystem storage the same values go to TensorBoard event files in the run's `tensorboard/`
@@ -46,7 +51,7 @@ class HistoryWriter:
         self._board = None
 
     def add(self, step: int, values: dict) -> None:
-        numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        numbers = numeric(values)
         numbers.pop("step", None)
         if numbers:
             self.rows.append(MetricRow(step=step, time=time.time(), values=numbers, from_step=self.resume_step))

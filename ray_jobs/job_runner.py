@@ -41,7 +41,6 @@ from ray_jobs.outcome import (
     commit_record_uri,
     job_dir,
     promotion_uri,
-    read_commits,
 )
 from ray_jobs.specs import JobSpec
 
@@ -310,8 +309,7 @@ def main(
         storage.write_json(outcome_uri, outcome.model_dump(mode="json"))
         print(f"ttrain job {spec.run_id} failed: {outcome.error_type}: {outcome.message}", file=sys.stderr, flush=True)
         return 3 if outcome.deterministic else 1
-    commits = read_commits(run_dir(spec), spec.ray_job_id, 0)
-    tracking.export(spec, commits[-1] if commits else None)
+    tracking.export(spec)
     storage.write_json(outcome_uri, JobOutcome(ray_job_id=spec.ray_job_id, status="succeeded").model_dump(mode="json"))
     print(f"ttrain job {spec.run_id} finished: {result.metrics}", flush=True)
     return 0

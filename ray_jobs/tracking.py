@@ -17,7 +17,7 @@ from typing import Any
 
 from ray_jobs import storage
 from ray_jobs.history import read_history
-from ray_jobs.outcome import CommittedCheckpoint
+from ray_jobs.outcome import CommittedCheckpoint, read_commits
 from ray_jobs.specs import JobSpec
 
 log = logging.getLogger("ttrain.tracking")
@@ -27,12 +27,14 @@ BATCH = 1_000  # MLflow takes at most 1,000 metrics per log_batch
 EXPORT_WAIT_S = 120.0
 
 
-def export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
+def export(spec: JobSpec) -> None:
     """At most `EXPORT_WAIT_S`: the job has ended well and its attempt waits for it to exit, so a tracking server
-    that hangs (or a huge checkpoint artifact) must not hold it until the progress watchdog stops it."""
+    that hangs (or a huge checkpoint artifact) must not hold it until the progress watchdog stops it. Without
+    `MLFLOW_TRACKING_URI` it reads nothing."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
-    worker = threading.Thread(target=_export_logged, args=(spec, final), daemon=True)
+    commits = read_commits(storage.join(spec.storage_path, spec.run_id), spec.ray_job_id, 0)
+    worker = threading.Thread(target=_export_logged, args=(spec, commits[-1] if commits else None), daemon=True)
     worker.start()
     worker.join(EXPORT_WAIT_S)
     if worker.is_alive():
@@ -54,12 +56,10 @@ def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
     client = MlflowClient()
     experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"), spec.storage_path)
     parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}) if spec.sweep_id else None
-    tags = {"mlflow.parentRunId": parent} if parent else {}
-    tags |= {INCARNATION_TAG: spec.incarnation or ""}
+    incarnation = {INCARNATION_TAG: spec.incarnation or ""}
+    tags = {**incarnation, **({"mlflow.parentRunId": parent} if parent else {})}
     params = flatten(spec.config.model_dump(mode="json"))
-    run_id = _run(
-        client, experiment, RUN_TAG, spec.run_id, tags, params, also={INCARNATION_TAG: spec.incarnation or ""}
-    )
+    run_id = _run(client, experiment, RUN_TAG, spec.run_id, tags, params, also=incarnation)
     logged = int(client.get_run(run_id).data.tags.get(LOGGED_TAG, "0"))
     rows = [r for r in read_history(storage.join(spec.storage_path, spec.run_id)) if r.step > logged]
     metrics = [Metric(k, v, int(r.time * 1000), r.step) for r in rows for k, v in sorted(r.values.items())]

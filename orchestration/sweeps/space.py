@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,7 +82,7 @@ class SearchSpace(BaseModel):
         """Every key must name a key of the base config (any key under a free-form section such as a custom loop's
         `train_loop_config`): a typo is an error, not a no-op."""
         known = _config_keys(type(base))
-        free = {k for k, v in base.model_dump().items() if isinstance(v, dict) and k not in _nested_models(type(base))}
+        free = {name for name, field in type(base).model_fields.items() if get_origin(field.annotation) is dict}
         unknown = sorted(k for k in self.params if k not in known and k.split(".")[0] not in free)
         if unknown:
             kind = getattr(base, "kind", "text")
@@ -104,14 +104,6 @@ def _config_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys |= _config_keys(ann, f"{prefix}{name}.")
     return keys
-
-
-def _nested_models(model: type[BaseModel]) -> set[str]:
-    return {
-        name
-        for name, field in model.model_fields.items()
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-    }
 
 
 def apply(base: C, params: dict[str, Any]) -> C:
