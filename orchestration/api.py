@@ -32,8 +32,9 @@ from orchestration.client import connect
 from orchestration.config_loading import anchored, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
+from orchestration.export import Exported, check_target, export_checkpoint
 from orchestration.launch import Launched, launch
-from orchestration.ledger import newest
+from orchestration.ledger import choose, newest
 from orchestration.settings import Settings
 from orchestration.sweeps.models import (
     LIVE_SWEEP_SETTINGS,
@@ -60,6 +61,7 @@ from orchestration.workflows.coordinator import CoordinatorWorkflow
 from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from ray_jobs import storage
 from ray_jobs.history import MetricRow
 from ray_jobs.specs import TrainConfig
 
@@ -98,15 +100,24 @@ class AsyncTtrain:
     async def status(self, run_id: str) -> RunStatus:
         return (await run_status(self.client, run_id))[0]
 
-    async def evaluate(self, run_id: str, checkpoint_step: int | None = None) -> EvaluationResult:
-        return await evaluate(
-            self.client, self.settings, EvaluationRequest(run_id=run_id, checkpoint_step=checkpoint_step)
-        )
+    async def evaluate(self, run_id: str, checkpoint_step: int | None = None, best: bool = False) -> EvaluationResult:
+        req = EvaluationRequest(run_id=run_id, checkpoint_step=checkpoint_step, best=best)
+        return await evaluate(self.client, self.settings, req)
+
+    async def export(
+        self, run_id: str, directory: str | Path, checkpoint_step: int | None = None, best: bool = True
+    ) -> Exported:
+        return await export(self.client, run_id, directory, checkpoint_step, best)
 
     async def infer(
-        self, run_id: str, texts: list[str], pairs: list[str] | None = None, checkpoint_step: int | None = None
+        self,
+        run_id: str,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        checkpoint_step: int | None = None,
+        best: bool = False,
     ) -> InferenceResult:
-        req = InferenceRequest(run_id=run_id, texts=texts, text_pairs=pairs, checkpoint_step=checkpoint_step)
+        req = InferenceRequest(run_id=run_id, texts=texts, text_pairs=pairs, checkpoint_step=checkpoint_step, best=best)
         return await infer(self.client, self.settings, req)
 
     async def experiments(
@@ -322,6 +333,28 @@ async def execute(client: Client, settings: Settings, run, req, workflow_id: str
         return await client.execute_workflow(run, req, id=workflow_id, task_queue=settings.orchestration_queue)
     except WorkflowFailureError as exc:
         raise CliError(f"{what} failed: {root_message(exc)}") from None
+
+
+async def export(client: Client, run_id: str, directory: str | Path, step: int | None, best: bool) -> Exported:
+    """The run's checkpoint at `step`, else its best (else its newest), copied into `directory` for code of the
+    user's own (`orchestration.export`)."""
+    target = Path(directory)
+    try:
+        check_target(target)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    status, _ = await run_status(client, run_id)
+    config = await query(client, run_id, CheckpointedTrainingWorkflow.config, "run")
+
+    def copy() -> Exported:
+        present = [c for c in status.checkpoints if not c.deleted and storage.exists(c.uri)]
+        chosen = choose(status, present, step, best)
+        return export_checkpoint(chosen, target, status.kind, config, status.best_checkpoint)
+
+    try:
+        return await asyncio.to_thread(copy)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"export of {run_id!r}: {exc}") from None
 
 
 async def infer(client: Client, settings: Settings, req: InferenceRequest) -> InferenceResult:

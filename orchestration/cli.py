@@ -23,6 +23,7 @@ from orchestration.api import (
     control_sweep,
     evaluate,
     experiments_request,
+    export,
     infer,
     launch_experiments,
     launch_sweep,
@@ -112,17 +113,23 @@ async def cmd_status(args, settings: Settings) -> int:
         print(f"  last failure: {status.last_failure} ({status.failures_without_progress} in a row{retry})")
     if status.earlier_deleted_checkpoints:
         print(f"  {status.earlier_deleted_checkpoints} earlier checkpoints deleted by keep_last")
+    metric, top = status.best_metric, status.best_checkpoint
+    if top is not None:
+        print(f"  best checkpoint: step {top.step} ({metric} {top.metrics[metric]:.4f})")
     for c in status.checkpoints:
         where = "deleted by keep_last" if c.deleted else c.uri
-        print(f"  checkpoint step {c.step:>6}  loss {c.metrics.get('loss', float('nan')):.4f}  {where}")
+        score = f"  {metric} {c.metrics[metric]:.4f}" if metric in c.metrics else ""
+        mark = "  (best)" if top is not None and c.step == top.step else ""
+        print(f"  checkpoint step {c.step:>6}  loss {c.metrics.get('loss', float('nan')):.4f}{score}  {where}{mark}")
     return 0
 
 
 async def cmd_infer(args, settings: Settings) -> int:
     if args.pair and len(args.pair) != len(args.texts):
         raise ConfigError(f"--pair: give one per text ({len(args.texts)} texts, {len(args.pair)} pairs)")
+    step, best = args.checkpoint
     req = InferenceRequest(
-        run_id=args.run_id, texts=args.texts, text_pairs=args.pair or None, checkpoint_step=args.checkpoint
+        run_id=args.run_id, texts=args.texts, text_pairs=args.pair or None, checkpoint_step=step, best=best
     )
     result = await infer(await connect_client(settings), settings, req)
     if args.json:
@@ -164,12 +171,25 @@ async def cmd_demo(args, settings: Settings) -> int:
 
 
 async def cmd_eval(args, settings: Settings) -> int:
-    req = EvaluationRequest(run_id=args.run_id, checkpoint_step=args.checkpoint)
+    step, best = args.checkpoint
+    req = EvaluationRequest(run_id=args.run_id, checkpoint_step=step, best=best)
     result = await evaluate(await connect_client(settings), settings, req)
     if args.json:
         print(result.model_dump_json())
         return 0
     print(format_report(result))
+    return 0
+
+
+async def cmd_export(args, settings: Settings) -> int:
+    step, best = args.checkpoint
+    exported = await export(await connect_client(settings), args.run_id, args.directory, step, best)
+    if args.json:
+        print(exported.model_dump_json())
+        return 0
+    which = f"the best by {exported.best_metric}" if exported.is_best else "chosen"
+    print(f"run {exported.run_id}: checkpoint step {exported.step} ({which}) exported to {exported.directory}")
+    print(f"  {len(exported.files)} files: {', '.join(exported.files)}")
     return 0
 
 
@@ -324,6 +344,22 @@ def cmd_worker(args, settings: Settings) -> int:
     return 0
 
 
+CHECKPOINT_HELP = "a step, best (by the config's best_metric) or latest (the default)"
+
+
+def checkpoint_choice(value: str) -> tuple[int | None, bool]:
+    """`--checkpoint`: (step, best)."""
+    if value in ("best", "latest"):
+        return None, value == "best"
+    try:
+        step = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a step, best or latest") from None
+    if step < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a step, best or latest")
+    return step, False
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttrain", description="Durable, distributed model training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -353,7 +389,7 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("infer", help="predict labels with a run's checkpoint")
     i.add_argument("run_id")
     i.add_argument("texts", nargs="+")
-    i.add_argument("--checkpoint", type=int, help="checkpoint step (default: the run's newest)")
+    i.add_argument("--checkpoint", type=checkpoint_choice, default=(None, False), help=CHECKPOINT_HELP)
     i.add_argument("--pair", action="append", help="the second text of each pair (text-pair tasks), in order")
     i.add_argument("--json", action="store_true")
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its snapshot's held-out split")
@@ -361,8 +397,15 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--split", choices=["test", "validation", "heldout"], default="heldout", help="all name the held-out split"
     )
-    ev.add_argument("--checkpoint", type=int, help="checkpoint step (default: the run's newest)")
+    ev.add_argument("--checkpoint", type=checkpoint_choice, default=(None, False), help=CHECKPOINT_HELP)
     ev.add_argument("--json", action="store_true")
+    xp = sub.add_parser("export", help="write a run's best (or chosen) checkpoint to a folder your own code loads")
+    xp.add_argument("run_id")
+    xp.add_argument("directory", help="a new or empty folder")
+    xp.add_argument(
+        "--checkpoint", type=checkpoint_choice, default=(None, True), help="a step, best or latest (default: best)"
+    )
+    xp.add_argument("--json", action="store_true")
     ex = sub.add_parser("experiments", help="run a file of experiments in parallel, each trained then evaluated")
     ex.add_argument("file")
     ex.add_argument("--max-concurrency", type=int)
@@ -418,6 +461,7 @@ COMMANDS = {
     "status": cmd_status,
     "infer": cmd_infer,
     "eval": cmd_eval,
+    "export": cmd_export,
     "experiments": cmd_experiments,
     "results": cmd_results,
     "sweep": cmd_sweep,

@@ -142,6 +142,9 @@ def config_diffs(configs: list[FineTuneConfig]) -> list[dict[str, Any]]:
 
 
 def run_cache_key(snapshot_id: str, config: FineTuneConfig) -> str:
-    """Same snapshot + same training config (hyperparameters, seed, model, scaling) → same trained model."""
-    payload = json.dumps({"snapshot": snapshot_id, "config": config.model_dump(mode="json")}, sort_keys=True)
+    """Same snapshot + same training config (hyperparameters, seed, model, scaling) → same trained model. Which
+    checkpoint counts as the best changes no weights; an unset `eval_every_steps` leaves the keys of before."""
+    unkeyed = {"best_metric", "best_mode"} | ({"eval_every_steps"} if config.eval_every_steps is None else set())
+    config_json = config.model_dump(mode="json", exclude=unkeyed)
+    payload = json.dumps({"snapshot": snapshot_id, "config": config_json}, sort_keys=True)
     return "run-" + hashlib.sha256(payload.encode()).hexdigest()[:24]

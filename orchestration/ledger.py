@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestration.types import CheckpointInfo
+from orchestration.types import CheckpointInfo, RunStatus
 
 
 def newest(*candidates: CheckpointInfo | None) -> CheckpointInfo | None:
@@ -25,3 +25,27 @@ def mark_deleted(ledger: list[CheckpointInfo], steps: list[int]) -> None:
     for i, c in enumerate(ledger):
         if c.step in gone and not c.deleted:
             ledger[i] = c.model_copy(update={"deleted": True})
+
+
+def choose(status: RunStatus, present: list[CheckpointInfo], step: int | None, best: bool) -> CheckpointInfo:
+    """The checkpoint at `step`, else the run's best (`best_metric`; the newest if the run names none), else its
+    newest, among those still in storage (`present`). ValueError: one line that says why, and what is there."""
+    run = status.run_id
+    if not present:
+        raise ValueError(f"run {run!r} has no checkpoint left in storage (all were deleted)")
+    if step is None and best:
+        if status.best_checkpoint is None and status.best_metric is not None:
+            raise ValueError(f"run {run!r} has no checkpoint that reported {status.best_metric!r} yet")
+        step = (status.best_checkpoint or present[-1]).step
+    if step is None:
+        return present[-1]
+    chosen = next((c for c in present if c.step == step), None)
+    if chosen is not None:
+        return chosen
+    if any(c.step == step for c in status.checkpoints):
+        why = "was deleted (keep_last, or a sweep's clean-up)"
+    elif status.earlier_deleted_checkpoints:  # continue-as-new dropped deleted entries: both are possible
+        why = "is not in the ledger (deleted earlier by keep_last, or never committed)"
+    else:
+        why = "was never committed"
+    raise ValueError(f"run {run!r}: the checkpoint at step {step} {why}; available steps: {[c.step for c in present]}")

@@ -149,6 +149,7 @@ class TrainingResult(Model):
     steps_recomputed: int
     time_lost_s: float
     wall_time_s: float
+    best_checkpoint: CheckpointInfo | None = Field(default=None, description="by the config's best_metric")
 
 
 RunState = Literal["snapshotting", "training", "retrying", "completed", "failed", "cancelled"]
@@ -160,6 +161,9 @@ class RunStatus(Model):
     step: int
     total_steps: int | None
     latest_checkpoint: CheckpointInfo | None
+    best_checkpoint: CheckpointInfo | None = None
+    best_metric: str | None = None
+    kind: str = "text"
     checkpoints: list[CheckpointInfo]
     resumes: int
     ray_job_id: str | None
@@ -223,6 +227,7 @@ class InferenceRequest(Model):
     texts: list[str] = Field(min_length=1)
     text_pairs: list[str] | None = None
     checkpoint_step: int | None = None
+    best: bool = Field(default=False, description="no checkpoint_step: the best checkpoint, not the newest")
 
 
 class Prediction(Model):
@@ -247,6 +252,7 @@ class InferenceResult(Model):
 class EvaluationRequest(Model):
     run_id: Identifier
     checkpoint_step: int | None = None
+    best: bool = Field(default=False, description="no checkpoint_step: the best checkpoint, not the newest")
     split: Literal["heldout"] = "heldout"
     batch_size: int = Field(default=64, ge=1)
 
@@ -256,6 +262,7 @@ class RunArtifacts(Model):
 
     checkpoint: CheckpointInfo
     snapshot_uri: str
+    kind: str = "text"
 
 
 class EvaluateInput(Model):

@@ -82,6 +82,9 @@ def print_result(result: TrainingResult) -> None:
 
 def format_report(result: EvaluationResult) -> str:
     r = result.report
+    if "source" in r:  # a custom or image run: the metrics its own loop reported with that checkpoint
+        head = f"run {result.run_id}, checkpoint step {result.checkpoint_step}: metrics {r['source']}"
+        return "\n".join([head, *(f"  {k} {v:.6g}" for k, v in sorted(r.items()) if k != "source")])
     lines = [
         f"run {result.run_id}, checkpoint step {result.checkpoint_step}, split {result.split}: {r['examples']} rows"
     ]

@@ -111,6 +111,7 @@ class ReportRecorder(ray.train.UserCallback):
         )
         uri = commit_record_uri(run_uri, self.spec.ray_job_id, step)
         storage.write_json(uri, record.model_dump(mode="json"))
+        job_runner.prune(self.spec)
 
 
 def content_hash(checkpoint: ray.train.Checkpoint) -> str:

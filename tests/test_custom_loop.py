@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -161,6 +162,9 @@ def custom_runs(stack, tmp_path_factory) -> dict:
         entrypoint="ray_jobs.examples.hf_classifier:train_func",
         max_steps=20,
         checkpoint_every_steps=10,
+        keep_last=1,
+        best_metric="eval_accuracy",
+        best_mode="max",
         scaling={"num_workers": 1},
         train_loop_config={"num_hidden_layers": 1, "rows": 200, "batch_size": 8, "max_length": 32},
         runtime_env=mlflow_env(tmp),
@@ -260,6 +264,36 @@ def test_the_hugging_face_example_checkpoints_plain_save_pretrained_folders(cust
     assert result.steps == 20 and 0.0 <= result.metrics["eval_accuracy"] <= 1.0
     model = AutoModelForSequenceClassification.from_pretrained(result.final_checkpoint.uri)
     assert model.config.num_hidden_layers == 1 and model.config.num_labels == 2
+
+
+@pytest.mark.integration
+def test_a_custom_run_keeps_evaluates_and_exports_its_best_checkpoint(custom_runs, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    result, status = custom_runs["hf"]
+    scores = {c.step: c.metrics["eval_accuracy"] for c in status.checkpoints}
+    top = max(scores.values())
+    best_step = min(step for step, score in scores.items() if score == top)
+    assert status.best_checkpoint.step == result.best_checkpoint.step == best_step
+    kept = {c.step for c in status.checkpoints if not c.deleted}
+    assert kept == {best_step, 20}  # keep_last 1, and the best
+    assert all(Path(c.uri).exists() == (c.step in kept) for c in status.checkpoints)
+
+    out = ttrain("eval", "it-custom-hf", "--checkpoint", "best", "--json")
+    assert out.returncode == 0, out.stderr
+    evaluated = json.loads(out.stdout)
+    assert evaluated["checkpoint_step"] == best_step
+    assert evaluated["report"]["source"] == "reported by the training loop"
+    assert evaluated["report"]["eval_accuracy"] == top
+
+    out = ttrain("export", "it-custom-hf", str(tmp_path / "hf"))
+    assert out.returncode == 0, out.stderr
+    assert f"checkpoint step {best_step} (the best by eval_accuracy)" in out.stdout
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")  # the loop's save_pretrained folder
+    assert model.config.num_hidden_layers == 1
+    assert_one_line_error(
+        ttrain("infer", "it-custom-hf", "a fine film"), 1, "is a custom run", "ttrain export it-custom-hf DIR"
+    )
 
 
 @pytest.mark.integration

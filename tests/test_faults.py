@@ -188,7 +188,15 @@ async def cancel_while_every_slot_trains(stack) -> dict:
 
 
 async def long_run(stack) -> dict:
-    config = tiny_config(dataset={"max_rows": 300}, max_steps=30, checkpoint_every_steps=3, keep_last=4)
+    # best_metric: one whose best is known before the run (the first checkpoint), so retention must keep that one
+    config = tiny_config(
+        dataset={"max_rows": 300},
+        max_steps=30,
+        checkpoint_every_steps=3,
+        keep_last=4,
+        best_metric="step",
+        best_mode="min",
+    )
     client = await connect(stack)
     handle = await start_training(client, stack, "it-long", config, history_limit=25)
     result = await handle.result()
@@ -196,6 +204,7 @@ async def long_run(stack) -> dict:
         "result": result,
         "status": await status_of(handle),
         "eval": await cli("eval", "it-long", "--checkpoint", "6"),
+        "eval_best": await cli("eval", "it-long", "--checkpoint", "best", "--json"),
         "shown": await cli("status", "it-long"),
     }
 
@@ -327,11 +336,13 @@ def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_t
     assert steps == sorted(set(steps)) and all(step % 3 == 0 for step in steps)
     assert len(steps) + status.earlier_deleted_checkpoints == 10
     present = [c for c in status.checkpoints if not c.deleted]
-    assert [c.step for c in present] == [21, 24, 27, 30]  # keep_last 4, across the handovers
+    assert [c.step for c in present] == [3, 21, 24, 27, 30]  # keep_last 4 and the best, across the handovers
     assert all(Path(c.uri).exists() for c in present)
     assert not any(Path(c.uri).exists() for c in status.checkpoints if c.deleted), "the ledger lists a deleted one"
     assert got["result"].checkpoints == 10  # every checkpoint reached the ledger, however soon it was pruned
-    assert_one_line_error(got["eval"], 1, "step 6", "available steps: [21, 24, 27, 30]")
+    assert_one_line_error(got["eval"], 1, "step 6", "available steps: [3, 21, 24, 27, 30]")
+    assert got["eval_best"].returncode == 0, got["eval_best"].stderr
+    assert json.loads(got["eval_best"].stdout)["checkpoint_step"] == 3 == status.best_checkpoint.step
     assert "earlier checkpoints deleted by keep_last" in got["shown"].stdout
 
 

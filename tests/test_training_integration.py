@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from temporalio.client import Client
@@ -13,10 +15,11 @@ from temporalio.worker import Replayer
 
 from orchestration.api import start_training
 from orchestration.client import connect
-from orchestration.types import InferenceRequest, InferenceResult, TrainingResult
+from orchestration.types import InferenceRequest, InferenceResult, RunStatus, TrainingResult
 from orchestration.workflows.inference import InferenceWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
-from tests.helpers import run, tiny_config
+from ray_jobs.history import read_history
+from tests.helpers import assert_one_line_error, run, tiny_config, ttrain
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +30,17 @@ def trained(stack):
 
     async def go() -> TrainingResult:
         client = await connect(stack)
-        handle = await start_training(client, stack, "it-happy", tiny_config())
+        handle = await start_training(client, stack, "it-happy", tiny_config(eval_every_steps=4))
         return await handle.result()
 
     return "it-happy", run(go())
+
+
+def run_status_of(stack, run_id: str) -> RunStatus:
+    async def go() -> RunStatus:
+        return await (await connect(stack)).get_workflow_handle(run_id).query(CheckpointedTrainingWorkflow.status)
+
+    return run(go())
 
 
 def test_training_fills_the_ledger_and_reports_heldout_metrics(stack, trained):
@@ -57,7 +67,9 @@ def test_training_fills_the_ledger_and_reports_heldout_metrics(stack, trained):
         "snapshot_id",
     } <= set(status)
     assert status["state"] == "completed"
-    assert [c["step"] for c in status["checkpoints"]] == [5, 10, 12]
+    assert [c["step"] for c in status["checkpoints"]] == [4, 5, 8, 10, 12]  # every 5, every evaluation, the end
+    evaluated = [c["step"] for c in status["checkpoints"] if "eval_loss" in c["metrics"]]
+    assert evaluated == [4, 8, 12]
     assert status["latest_checkpoint"]["step"] == 12
     assert status["snapshot_id"] == result.snapshot_id
     assert status["ray_job_id"].startswith(run_id)
@@ -107,6 +119,35 @@ def test_evaluation_reports_metrics_on_the_snapshot_heldout_split(stack, trained
     assert set(report["per_class"]) == {"0", "1"}
     assert 0.0 <= report["accuracy"] <= 1.0
     assert report["improvement_over_baseline"] == pytest.approx(report["accuracy"] - report["baseline"]["accuracy"])
+
+
+def test_the_best_checkpoint_is_evaluated_and_exported_as_a_plain_hugging_face_folder(stack, trained, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    run_id, result = trained
+    ledger = {c.step: c for c in run_status_of(stack, run_id).checkpoints}
+    curve = {s: c.metrics["eval_loss"] for s, c in ledger.items() if "eval_loss" in c.metrics}
+    lowest = min(curve.values())
+    best_step = min(s for s, loss in curve.items() if loss == lowest)
+    assert result.best_checkpoint is not None and result.best_checkpoint.step == best_step
+    history = {row.step: row.values for row in read_history(str(Path(stack.storage_uri) / "runs" / run_id))}
+    assert {s: v["eval_loss"] for s, v in history.items() if "eval_loss" in v} == curve  # the validation curve
+
+    out = ttrain("eval", run_id, "--checkpoint", "best", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["checkpoint_step"] == best_step
+
+    target = tmp_path / "exported"
+    out = ttrain("export", run_id, str(target), "--json")
+    assert out.returncode == 0, out.stderr
+    exported = json.loads(out.stdout)
+    assert (exported["step"], exported["is_best"], exported["best_metric"]) == (best_step, True, "eval_loss")
+    assert not {"optimizer.pt", "scheduler.pt", "train_state.json"} & set(exported["files"])
+    weights = hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+    assert f"sha256:{weights}" == ledger[best_step].content_hash
+    model = AutoModelForSequenceClassification.from_pretrained(target)
+    assert model.config.num_hidden_layers == 1 and model.config.num_labels == 2
+    assert_one_line_error(ttrain("export", run_id, str(target)), 1, "is not an empty folder")
 
 
 def test_recorded_history_replays_without_nondeterminism(stack, trained):

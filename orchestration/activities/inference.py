@@ -13,8 +13,8 @@ from temporalio import activity
 
 from orchestration.activities.heartbeat import in_thread
 from orchestration.errors import invalid
+from orchestration.ledger import choose
 from orchestration.types import (
-    CheckpointInfo,
     EvaluateInput,
     EvaluationRequest,
     InferenceRequest,
@@ -29,31 +29,23 @@ from ray_jobs.predict import Predictor
 
 @activity.defn
 async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts:
-    """The run's newest checkpoint, or the one at `checkpoint_step`, and its dataset snapshot. A checkpoint that
-    keep_last (or a sweep's clean-up) removed is refused in one line that lists the steps still there."""
+    """The run's newest checkpoint, its best, or the one at `checkpoint_step`, and its dataset snapshot. A checkpoint
+    that keep_last (or a sweep's clean-up) removed is refused in one line that lists the steps still there."""
     handle = activity.client().get_workflow_handle(req.run_id)
     try:
         status = RunStatus.model_validate(await handle.query("status"))
     except Exception as exc:
         raise invalid(f"run {req.run_id!r} cannot be queried for its checkpoints: {exc}") from None
-    ledger: list[CheckpointInfo] = status.checkpoints
-    if not ledger or status.snapshot_uri is None:
+    if not status.checkpoints or status.snapshot_uri is None:
         raise invalid(f"run {req.run_id!r} has no committed checkpoint yet")
-    present = await asyncio.to_thread(lambda: [c for c in ledger if not c.deleted and storage.exists(c.uri)])
-    wanted = req.checkpoint_step if req.checkpoint_step is not None else (present[-1].step if present else None)
-    chosen = next((c for c in present if c.step == wanted), None)
-    if chosen is None:
-        steps = [c.step for c in present]
-        if wanted is None:
-            raise invalid(f"run {req.run_id!r} has no checkpoint left in storage (all were deleted)")
-        if any(c.step == wanted for c in ledger):
-            why = "was deleted (keep_last, or a sweep's clean-up)"
-        elif status.earlier_deleted_checkpoints:  # continue-as-new dropped deleted entries: both are possible
-            why = "is not in the ledger (deleted earlier by keep_last, or never committed)"
-        else:
-            why = "was never committed"
-        raise invalid(f"run {req.run_id!r}: the checkpoint at step {wanted} {why}; available steps: {steps}")
-    return RunArtifacts(checkpoint=chosen, snapshot_uri=status.snapshot_uri)
+    present = await asyncio.to_thread(
+        lambda: [c for c in status.checkpoints if not c.deleted and storage.exists(c.uri)]
+    )
+    try:
+        chosen = choose(status, present, req.checkpoint_step, req.best)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    return RunArtifacts(checkpoint=chosen, snapshot_uri=status.snapshot_uri, kind=status.kind)
 
 
 @lru_cache(maxsize=2)

@@ -2,10 +2,9 @@
 
 An attempt reattaches to the run's Ray job if it is still alive (the previous attempt's job, or any job tagged with
 the run), or submits a new job that resumes from the newest checkpoint in the run's ledger. While the job runs it
-mirrors every checkpoint Ray commits into a CheckpointInfo signal, applies `keep_last` across all the run's jobs
-(the ledger marks every deletion: before it happens for older jobs' checkpoints, on the next poll for those the
-running job's Ray Train run deletes itself), heartbeats progress, and
-fails retryably when the step stops advancing. An unreachable Ray Jobs API or Temporal server is waited out inside
+mirrors every checkpoint Ray commits into a CheckpointInfo signal, applies `keep_last` (plus the best checkpoint)
+across all the run's jobs (the ledger marks every deletion: before it happens for older jobs' checkpoints, on the
+next poll for those the running job prunes itself), heartbeats progress, and fails retryably when the step stops advancing. An unreachable Ray Jobs API or Temporal server is waited out inside
 the attempt, visibly (`ttrain status` shows what is waited for, and since when), for up to `cluster_wait_s`.
 
 A ladder segment's job that reaches its rung waits there (`park_s`) after committing the rung checkpoint: the attempt
@@ -37,7 +36,7 @@ from orchestration.ledger import newest
 from orchestration.ray_submission import LIVE, RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
-from ray_jobs import storage
+from ray_jobs import retention, storage
 from ray_jobs.outcome import (
     CommittedCheckpoint,
     Promotion,
@@ -387,27 +386,22 @@ class _Attempt:
             self.progress.latest_checkpoint = info
             self.progress.step = max(self.progress.step, info.step)
         if records:
-            await self._apply_keep_last(job_id)
+            await self._apply_keep_last()
 
-    async def _apply_keep_last(self, job_id: str) -> None:
-        """Keep the run's newest `keep_last` checkpoints, across its jobs. The running job's Ray Train run deletes its
-        own beyond `keep_last` (it must: it references them) as it registers each new one; the ledger marks those
-        by that rule, maybe a moment before Ray gets to it, never after. Older jobs' checkpoints are this attempt's
-        to delete, and the ledger hears of those before they go. Their commit records go with them."""
-        keep = self.inp.config.keep_last
-        kept = {c.step for c in self.ledger[-keep:]}
-        own = [c for c in self.ledger if c.ray_job_id == job_id]
-        by_ray = own[:-keep]
-        ours = [c for c in self.ledger if c.ray_job_id != job_id and c.step not in kept]
-        if not by_ray and not ours:
+    async def _apply_keep_last(self) -> None:
+        """Keep the run's newest `keep_last` checkpoints and its best, across its jobs (`ray_jobs.retention`). The
+        running job prunes its own by the same rule as it commits; the ledger hears of every deletion before it
+        happens here (maybe a moment after the job's). Their commit records go with them."""
+        cfg = self.inp.config
+        kept = retention.kept_steps(self.ledger, cfg.keep_last, cfg.best_metric, cfg.best_mode)
+        gone = [c for c in self.ledger if c.step not in kept]
+        if not gone:
             return
-        gone = by_ray + ours
         await self._signal("checkpoints_deleted", [c.step for c in gone])
-        self.ledger = [c for c in self.ledger if c not in gone]
+        self.ledger = [c for c in self.ledger if c.step in kept]
         for c in gone:
             try:
-                if c in ours:
-                    await asyncio.to_thread(storage.delete_dir, c.uri)
+                await asyncio.to_thread(storage.delete_dir, c.uri)
                 await asyncio.to_thread(storage.delete_file, commit_record_uri(self.run_uri, c.ray_job_id, c.step))
             except OSError as exc:
                 activity.logger.warning("checkpoint %s not deleted: %s", c.uri, exc)

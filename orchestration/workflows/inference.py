@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.activities.heartbeat import HEARTBEAT_TIMEOUT
@@ -35,6 +36,13 @@ class InferenceWorkflow:
     @workflow.run
     async def run(self, req: InferenceRequest) -> InferenceResult:
         artifacts = await _resolve(req)
+        if artifacts.kind != "text":
+            raise ApplicationError(
+                f"run {req.run_id!r} is a {artifacts.kind} run: ttrain predicts with text classifiers only; "
+                f"`ttrain export {req.run_id} DIR` writes its checkpoint for your own code to load",
+                type=INVALID_INPUT,
+                non_retryable=True,
+            )
         predictions = await workflow.execute_activity(
             "predict",
             PredictInput(checkpoint=artifacts.checkpoint, texts=req.texts, text_pairs=req.text_pairs),
@@ -51,6 +59,11 @@ class EvaluationWorkflow:
     @workflow.run
     async def run(self, req: EvaluationRequest) -> EvaluationResult:
         artifacts = await _resolve(req)
+        if artifacts.kind != "text":  # its own loop (or the image job) evaluated it: what it reported is the report
+            report = {"source": "reported by the training loop", **artifacts.checkpoint.metrics}
+            return EvaluationResult(
+                run_id=req.run_id, checkpoint_step=artifacts.checkpoint.step, split=req.split, report=report
+            )
         report = await workflow.execute_activity(
             "evaluate",
             EvaluateInput(artifacts=artifacts, split=req.split, batch_size=req.batch_size),

@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         TrainingResult,
         control_queue,
     )
+    from ray_jobs.retention import best
+    from ray_jobs.specs import TrainConfig
 
 REPORT_DESPITE_STOP = "report-despite-stop"  # the patch after which a failed stop no longer skips the report
 SNAPSHOT_TIMEOUT = timedelta(minutes=30)
@@ -130,6 +132,7 @@ class CheckpointedTrainingWorkflow:
             steps_recomputed=sum(a.steps_recomputed for a in self.attempts),
             time_lost_s=sum(a.time_lost_s for a in self.attempts),
             wall_time_s=(workflow.now() - self.started_at).total_seconds(),
+            best_checkpoint=self._best(),
         )
 
     async def _train_until_done(self) -> TrainAttemptResult:
@@ -262,8 +265,16 @@ class CheckpointedTrainingWorkflow:
         workflow.logger.warning("Ray job %s made no progress: the attempt stops it", ray_job_id)
 
     @workflow.query
+    def config(self) -> TrainConfig:
+        return self.req.config
+
+    @workflow.query
     def ledger(self) -> list[CheckpointInfo]:
         return self.checkpoints
+
+    def _best(self) -> CheckpointInfo | None:
+        cfg = self.req.config
+        return best([c for c in self.checkpoints if not c.deleted], cfg.best_metric, cfg.best_mode)
 
     @workflow.query
     def status(self) -> RunStatus:
@@ -275,6 +286,9 @@ class CheckpointedTrainingWorkflow:
             step=latest.step if latest else 0,
             total_steps=int(latest.metrics["total_steps"]) if latest and "total_steps" in latest.metrics else None,
             latest_checkpoint=latest,
+            best_checkpoint=self._best(),
+            best_metric=self.req.config.best_metric,
+            kind=self.req.config.kind,
             checkpoints=self.checkpoints,
             resumes=self.resumes,
             ray_job_id=self.attempts[-1].ray_job_id if self.attempts else None,
