@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from orchestration import inventory
@@ -101,8 +101,8 @@ class AsyncTtrain:
         return (await run_status(self.client, run_id))[0]
 
     async def evaluate(self, run_id: str, checkpoint_step: int | None = None, best: bool = False) -> EvaluationResult:
-        req = EvaluationRequest(run_id=run_id, checkpoint_step=checkpoint_step, best=best)
-        return await evaluate(self.client, self.settings, req)
+        req = EvaluationRequest(run_id=run_id, checkpoint_step=checkpoint_step)
+        return await evaluate(self.client, self.settings, req, best)
 
     async def export(
         self, run_id: str, directory: str | Path, checkpoint_step: int | None = None, best: bool = True
@@ -117,8 +117,8 @@ class AsyncTtrain:
         checkpoint_step: int | None = None,
         best: bool = False,
     ) -> InferenceResult:
-        req = InferenceRequest(run_id=run_id, texts=texts, text_pairs=pairs, checkpoint_step=checkpoint_step, best=best)
-        return await infer(self.client, self.settings, req)
+        req = InferenceRequest(run_id=run_id, texts=texts, text_pairs=pairs, checkpoint_step=checkpoint_step)
+        return await infer(self.client, self.settings, req, best)
 
     async def experiments(
         self, file: str, max_concurrency: int | None = None, replace: bool = False, wait: bool = True
@@ -275,6 +275,8 @@ async def query(client: Client, workflow_id: str, query_fn, what: str, *args):
         return await client.get_workflow_handle(workflow_id).query(query_fn, *args)
     except RPCError as exc:
         raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
+    except WorkflowQueryFailedError as exc:  # e.g. not that kind of workflow, or a query its release lacks
+        raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
 
 
 async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress | None]:
@@ -338,9 +340,8 @@ async def execute(client: Client, settings: Settings, run, req, workflow_id: str
 async def export(client: Client, run_id: str, directory: str | Path, step: int | None, best: bool) -> Exported:
     """The run's checkpoint at `step`, else its best (else its newest), copied into `directory` for code of the
     user's own (`orchestration.export`)."""
-    target = Path(directory)
     try:
-        check_target(target)
+        target = check_target(directory)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     status, _ = await run_status(client, run_id)
@@ -357,7 +358,18 @@ async def export(client: Client, run_id: str, directory: str | Path, step: int |
         raise CliError(f"export of {run_id!r}: {exc}") from None
 
 
-async def infer(client: Client, settings: Settings, req: InferenceRequest) -> InferenceResult:
+async def best_step(client: Client, run_id: str) -> int | None:
+    """The step of the run's best checkpoint (None: the run names no `best_metric`, so its newest). Resolved here,
+    so a worker of an older release asked for a step never answers with the newest instead."""
+    status, _ = await run_status(client, run_id)
+    if status.best_checkpoint is None and status.best_metric is not None:
+        raise CliError(f"run {run_id!r} has no checkpoint that reported {status.best_metric!r} yet")
+    return status.best_checkpoint.step if status.best_checkpoint else None
+
+
+async def infer(client: Client, settings: Settings, req: InferenceRequest, best: bool = False) -> InferenceResult:
+    if best and req.checkpoint_step is None:
+        req = req.model_copy(update={"checkpoint_step": await best_step(client, req.run_id)})
     workflow_id = f"{req.run_id}-infer-{uuid.uuid4().hex[:8]}"
     return await execute(client, settings, InferenceWorkflow.run, req, workflow_id, f"inference on {req.run_id}")
 
@@ -383,7 +395,9 @@ async def leaderboard(client: Client, sweep_id: str, top: int | None) -> SweepLe
     return board
 
 
-async def evaluate(client: Client, settings: Settings, req: EvaluationRequest) -> EvaluationResult:
+async def evaluate(client: Client, settings: Settings, req: EvaluationRequest, best: bool = False) -> EvaluationResult:
+    if best and req.checkpoint_step is None:
+        req = req.model_copy(update={"checkpoint_step": await best_step(client, req.run_id)})
     workflow_id = f"{req.run_id}-eval-{uuid.uuid4().hex[:8]}"
     return await execute(client, settings, EvaluationWorkflow.run, req, workflow_id, f"evaluation of {req.run_id}")
 

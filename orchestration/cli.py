@@ -128,10 +128,8 @@ async def cmd_infer(args, settings: Settings) -> int:
     if args.pair and len(args.pair) != len(args.texts):
         raise ConfigError(f"--pair: give one per text ({len(args.texts)} texts, {len(args.pair)} pairs)")
     step, best = args.checkpoint
-    req = InferenceRequest(
-        run_id=args.run_id, texts=args.texts, text_pairs=args.pair or None, checkpoint_step=step, best=best
-    )
-    result = await infer(await connect_client(settings), settings, req)
+    req = InferenceRequest(run_id=args.run_id, texts=args.texts, text_pairs=args.pair or None, checkpoint_step=step)
+    result = await infer(await connect_client(settings), settings, req, best)
     if args.json:
         print(result.model_dump_json())
         return 0
@@ -172,8 +170,8 @@ async def cmd_demo(args, settings: Settings) -> int:
 
 async def cmd_eval(args, settings: Settings) -> int:
     step, best = args.checkpoint
-    req = EvaluationRequest(run_id=args.run_id, checkpoint_step=step, best=best)
-    result = await evaluate(await connect_client(settings), settings, req)
+    req = EvaluationRequest(run_id=args.run_id, checkpoint_step=step)
+    result = await evaluate(await connect_client(settings), settings, req, best)
     if args.json:
         print(result.model_dump_json())
         return 0

@@ -105,12 +105,15 @@ def load_config(
     if path:
         data.update(read_mapping(path))
     data = apply_overrides(data, overrides)
-    if model is None:
-        kind = data.get("kind", "text")
-        if kind not in CONFIG_KINDS:
-            raise ConfigError(f"invalid config: kind {kind!r} is not one of {sorted(CONFIG_KINDS)}")
-        model = CONFIG_KINDS[kind]
-    return anchored(validate(model, data), Path(path).parent if path else Path.cwd())
+    return anchored(validate(model or config_model(data), data), Path(path).parent if path else Path.cwd())
+
+
+def config_model(data: dict[str, Any]) -> type[BaseModel]:
+    """The config class that a mapping's `kind` names (text when absent, as configs were before other kinds)."""
+    kind = data.get("kind", "text")
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"invalid config: kind {kind!r} is not one of {sorted(CONFIG_KINDS)}")
+    return CONFIG_KINDS[kind]
 
 
 def anchored(config: Any, base: Path) -> Any:

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from orchestration.config_loading import ConfigError, describe_validation_error
+from orchestration.config_loading import ConfigError, anchored, config_model, describe_validation_error
 from orchestration.types import CoordinatorRequest, Experiment, RunOptions
-from ray_jobs.specs import FineTuneConfig
+from ray_jobs.specs import TrainConfig
 
 FILE_KEYS = {"id", "max_concurrency", "metric", "mode", "run_cache", "defaults", "experiments"}
 
@@ -96,10 +96,17 @@ def load_experiments(path: str, options: RunOptions, max_concurrency: int | None
             )
         seen[exp_id] = _line_of(root, ["experiments", i, "id"]) or 0
         overrides = {k: v for k, v in entry.items() if k != "id"}
+        merged = _merge(defaults, overrides)
         try:
-            experiments.append(
-                Experiment(id=exp_id, config=FineTuneConfig.model_validate(_merge(defaults, overrides), extra="forbid"))
-            )
+            model = config_model(merged)
+        except ConfigError as exc:
+            raise fail(
+                _line_of(root, ["experiments", i, "kind"] if "kind" in overrides else ["defaults", "kind"]),
+                f"experiment {exp_id!r}: {exc}",
+            ) from None
+        try:
+            config = anchored(model.model_validate(merged, extra="forbid"), p.parent)
+            experiments.append(Experiment(id=exp_id, config=config))
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = [x for x in err["loc"] if x not in ("config",)]
@@ -134,17 +141,18 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): obj}
 
 
-def config_diffs(configs: list[FineTuneConfig]) -> list[dict[str, Any]]:
+def config_diffs(configs: list[TrainConfig]) -> list[dict[str, Any]]:
     """Per config, only the keys whose values differ across the set: the table shows what was varied."""
     flat = [flatten(c.model_dump(mode="json")) for c in configs]
     varied = {k for k in flat[0] if any(f.get(k) != flat[0][k] for f in flat)}
     return [{k: f[k] for k in sorted(varied)} for f in flat]
 
 
-def run_cache_key(snapshot_id: str, config: FineTuneConfig) -> str:
+def run_cache_key(snapshot_id: str, config: TrainConfig) -> str:
     """Same snapshot + same training config (hyperparameters, seed, model, scaling) → same trained model. Which
     checkpoint counts as the best changes no weights; an unset `eval_every_steps` leaves the keys of before."""
-    unkeyed = {"best_metric", "best_mode"} | ({"eval_every_steps"} if config.eval_every_steps is None else set())
+    unset = {name for name in ("eval_every_steps",) if getattr(config, name, None) is None}
+    unkeyed = {"best_metric", "best_mode"} | unset
     config_json = config.model_dump(mode="json", exclude=unkeyed)
     payload = json.dumps({"snapshot": snapshot_id, "config": config_json}, sort_keys=True)
     return "run-" + hashlib.sha256(payload.encode()).hexdigest()[:24]

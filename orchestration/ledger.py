@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestration.types import CheckpointInfo, RunStatus
+from ray_jobs import retention
 
 
 def newest(*candidates: CheckpointInfo | None) -> CheckpointInfo | None:
@@ -34,9 +35,11 @@ def choose(status: RunStatus, present: list[CheckpointInfo], step: int | None, b
     if not present:
         raise ValueError(f"run {run!r} has no checkpoint left in storage (all were deleted)")
     if step is None and best:
-        if status.best_checkpoint is None and status.best_metric is not None:
+        # of those still there: a job prunes a best it has just beaten a poll before the ledger hears of it
+        top = retention.best(present, status.best_metric, status.best_mode)
+        if top is None and status.best_metric is not None:
             raise ValueError(f"run {run!r} has no checkpoint that reported {status.best_metric!r} yet")
-        step = (status.best_checkpoint or present[-1]).step
+        step = (top or present[-1]).step
     if step is None:
         return present[-1]
     chosen = next((c for c in present if c.step == step), None)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_jobs.specs import ChosenId, FineTuneConfig, Identifier, ImageTrainConfig, Manifest, TrainConfig
+from ray_jobs.specs import ChosenId, Identifier, ImageTrainConfig, Manifest, TrainConfig
 
 
 class Model(BaseModel):
@@ -163,6 +163,7 @@ class RunStatus(Model):
     latest_checkpoint: CheckpointInfo | None
     best_checkpoint: CheckpointInfo | None = None
     best_metric: str | None = None
+    best_mode: Literal["min", "max"] = "min"
     kind: str = "text"
     checkpoints: list[CheckpointInfo]
     resumes: int
@@ -227,7 +228,6 @@ class InferenceRequest(Model):
     texts: list[str] = Field(min_length=1)
     text_pairs: list[str] | None = None
     checkpoint_step: int | None = None
-    best: bool = Field(default=False, description="no checkpoint_step: the best checkpoint, not the newest")
 
 
 class Prediction(Model):
@@ -252,7 +252,6 @@ class InferenceResult(Model):
 class EvaluationRequest(Model):
     run_id: Identifier
     checkpoint_step: int | None = None
-    best: bool = Field(default=False, description="no checkpoint_step: the best checkpoint, not the newest")
     split: Literal["heldout"] = "heldout"
     batch_size: int = Field(default=64, ge=1)
 
@@ -280,7 +279,7 @@ class EvaluationResult(Model):
 
 class Experiment(Model):
     id: ChosenId
-    config: FineTuneConfig
+    config: TrainConfig
 
 
 class CoordinatorRequest(Model):

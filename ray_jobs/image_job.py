@@ -67,7 +67,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
             state = checkpointing.load_training_state(local, optimizer, scheduler)
     train_time = float(state.get("train_time_s", 0.0))  # cumulative over resumes: time-to-target spans them
     reached_at = state.get("time_to_target_s")
-    last_eval = {k: state[k] for k in ("eval_accuracy", "eval_loss") if k in state}
+    evaluated: dict = {}  # the held-out metrics of the last evaluation
     compiled = torch.compile(model) if cfg.compile else model
     ddp = ray.train.torch.prepare_model(compiled)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -117,9 +117,11 @@ def train_loop_per_worker(spec_json: dict) -> None:
         if progress_due:
             progress.write(done, steps, loss.detach().float().item())
         if eval_due:
-            last_eval = _evaluate(ddp, heldout, manifest, device, bf16, memory_format)
-            if cfg.target_accuracy and reached_at is None and last_eval["eval_accuracy"] >= cfg.target_accuracy:
+            evaluated = _evaluate(ddp, heldout, manifest, device, bf16, memory_format)
+            if cfg.target_accuracy and reached_at is None and evaluated["eval_accuracy"] >= cfg.target_accuracy:
                 reached_at = train_time
+            if rank == 0 and not checkpoint_due:  # the curve has it; a checkpoint carries only its own weights' score
+                job_runner.job_history(spec).add(done, evaluated)
             ddp.train()
         if checkpoint_due:
             metrics = {
@@ -131,7 +133,7 @@ def train_loop_per_worker(spec_json: dict) -> None:
                 "images_per_s": cfg.batch_size * measured_steps / measured_time if measured_time else 0.0,
                 "workers": world,
                 "replicas_identical": float(_replicas_identical(model)),
-                **last_eval,
+                **(evaluated if eval_due else {}),
             }
             if reached_at is not None:
                 metrics["time_to_target_s"] = reached_at

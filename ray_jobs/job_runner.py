@@ -40,6 +40,7 @@ from ray_jobs.outcome import (
     Promotion,
     commit_record_uri,
     job_dir,
+    promoted_steps,
     promotion_uri,
     read_commits,
 )
@@ -221,7 +222,10 @@ def prune(spec: JobSpec) -> None:
     failing now leaves more on disk, never less, and the next commit tries again."""
     cfg = spec.config
     try:
-        commits = read_commits(run_dir(spec), spec.ray_job_id, -1)
+        # A job that took a warm promotion trains on for the next segment's run, whose ledger starts at the rung
+        # checkpoint it was promoted from: judge only what that ledger holds too, or the two bests could differ.
+        since = max(promoted_steps(run_dir(spec), spec.ray_job_id), default=0)
+        commits = [c for c in read_commits(run_dir(spec), spec.ray_job_id, -1) if c.step >= since]
         keep = retention.kept_steps(commits, cfg.keep_last, cfg.best_metric, cfg.best_mode)
         for c in commits:
             if c.step not in keep:

@@ -127,6 +127,12 @@ def promotion_uri(run_uri: str, ray_job_id: str, step: int) -> str:
     return storage.join(job_dir(run_uri, ray_job_id), PROMOTIONS_DIR, f"step_{step:08d}.json")
 
 
+def promoted_steps(run_uri: str, ray_job_id: str) -> list[int]:
+    """The rungs at which this job was offered a promotion (and so trained on, unless it had just left)."""
+    names = storage.list_names(storage.join(job_dir(run_uri, ray_job_id), PROMOTIONS_DIR))
+    return [int(n[5:13]) for n in names if n.startswith("step_") and n.endswith(".json")]
+
+
 def commit_record_uri(run_uri: str, ray_job_id: str, step: int) -> str:
     return storage.join(job_dir(run_uri, ray_job_id), COMMITS_DIR, f"step_{step:08d}.json")
 
@@ -139,6 +145,8 @@ def read_commits(run_uri: str, ray_job_id: str, after_step: int) -> list[Committ
         if name.startswith("step_") and name.endswith(".json") and int(name[5:13]) > after_step:
             try:
                 found.append(CommittedCheckpoint.model_validate(storage.read_json(storage.join(directory, name))))
+            except FileNotFoundError:
+                continue  # its checkpoint was pruned and the record with it, since the listing
             except (OSError, ValueError):
                 break  # keep the order: what follows waits for the next poll
     return found

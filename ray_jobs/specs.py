@@ -96,7 +96,7 @@ class FineTuneConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_splits_evenly(self) -> FineTuneConfig:
-        return _check_global_batch(self)
+        return _check_best_metric(_check_global_batch(self), TEXT_METRICS)
 
 
 def _check_global_batch(cfg: FineTuneConfig | ImageTrainConfig):
@@ -105,6 +105,17 @@ def _check_global_batch(cfg: FineTuneConfig | ImageTrainConfig):
             f"batch_size {cfg.batch_size} must be a multiple of scaling.num_workers "
             f"{cfg.scaling.num_workers} (it is the global batch, split evenly over workers)"
         )
+    return cfg
+
+
+# What ttrain's own jobs report with every checkpoint (evaluations: at the evaluated ones): what best_metric can name
+TEXT_METRICS = {"step", "epoch", "loss", "total_steps", "eval_loss", "eval_accuracy", "eval_examples"}
+IMAGE_METRICS = TEXT_METRICS | {"train_time_s", "images_per_s", "workers", "replicas_identical", "time_to_target_s"}
+
+
+def _check_best_metric(cfg: FineTuneConfig | ImageTrainConfig, reported: set[str]):
+    if cfg.best_metric is not None and cfg.best_metric not in reported:
+        raise ValueError(f"best_metric {cfg.best_metric!r} is never reported: use one of {sorted(reported)}")
     return cfg
 
 
@@ -155,7 +166,7 @@ class ImageTrainConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_splits_evenly(self) -> ImageTrainConfig:
-        return _check_global_batch(self)
+        return _check_best_metric(_check_global_batch(self), IMAGE_METRICS)
 
 
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"

@@ -97,6 +97,8 @@ def test_a_command_picks_a_step_the_best_or_the_newest():
         choose(status_of(deleted), deleted[1:], 10, best=False)
     with pytest.raises(ValueError, match="step 7 was never committed"):
         choose(status, ledger, 7, best=False)
+    # the job pruned the ledger's best for a better one, a poll before the ledger heard: the best of what is there
+    assert choose(status_of(ledger), [ledger[1], entry(40, eval_loss=0.1)], None, best=True).step == 40
 
 
 def test_the_checkpoint_option_reads_a_step_best_or_latest():
@@ -146,6 +148,8 @@ def test_an_export_never_writes_into_a_folder_with_files_nor_from_a_deleted_chec
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="is not an empty folder"):
         check_target(tmp_path / "full")
+    with pytest.raises(ValueError, match="is a URI"):
+        check_target("s3://bucket/model")
     gone = info.model_copy(update={"uri": str(tmp_path / "store" / "step_99")})
     with pytest.raises(ValueError, match="no longer in storage"):
         export_checkpoint(gone, tmp_path / "new", "text", FineTuneConfig(), best=None)
@@ -158,3 +162,65 @@ def test_choosing_the_best_checkpoint_does_not_change_the_run_cache_key():
     assert run_cache_key("s", base) == run_cache_key("s", FineTuneConfig(best_metric="eval_accuracy", best_mode="max"))
     assert run_cache_key("s", base) != run_cache_key("s", FineTuneConfig(eval_every_steps=10))
     assert run_cache_key("s", base) == "run-1f51452b770cdf38086f586a"  # the key the release before wrote
+
+
+def test_an_export_that_fails_halfway_leaves_nothing_behind(tmp_path):
+    info = write_checkpoint(tmp_path / "store", 40)
+    (Path(info.uri) / MANIFEST).write_text("the loop's own")  # export cannot write its manifest: it fails at the end
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match=f"holds a file named {MANIFEST}"):
+        export_checkpoint(info, tmp_path / "out", "custom", CustomTrainConfig(entrypoint="a:b", max_steps=1), None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "store"] and not any((tmp_path / "out").iterdir())
+    (Path(info.uri) / MANIFEST).unlink()
+    done = export_checkpoint(info, tmp_path / "out", "text", FineTuneConfig(), None)  # the empty folder is reused
+    assert (tmp_path / "out" / "model.safetensors").exists() and not done.is_best
+
+
+def test_a_best_metric_no_job_reports_is_refused_with_the_ones_it_can_be():
+    with pytest.raises(ValueError, match=r"best_metric 'eval_acc' is never reported: use one of \[.*'eval_accuracy'"):
+        FineTuneConfig(best_metric="eval_acc")
+    assert FineTuneConfig(best_metric=None).best_metric is None
+
+
+def commit(spec, step: int, score: float) -> Path:
+    from ray_jobs import storage
+    from ray_jobs.job_runner import run_dir
+    from ray_jobs.outcome import CommittedCheckpoint, commit_record_uri, job_dir
+
+    folder = Path(job_dir(run_dir(spec), spec.ray_job_id)) / f"step_{step:08d}"
+    folder.mkdir(parents=True)
+    record = CommittedCheckpoint(
+        step=step,
+        epoch=0.0,
+        uri=str(folder),
+        metrics={"eval_loss": score},
+        content_hash="sha256:x",
+        created_at=0.0,
+        ray_job_id=spec.ray_job_id,
+    )
+    storage.write_json(commit_record_uri(run_dir(spec), spec.ray_job_id, step), record.model_dump(mode="json"))
+    return folder
+
+
+def test_a_job_promoted_in_place_prunes_by_what_the_next_segments_ledger_holds(tmp_path):
+    """Warm promotion: the job trains on for the next segment's run, whose ledger starts at the rung checkpoint.
+    The rung before it had a better score (step 7), which that ledger never sees: the job must not keep 7 and delete
+    the best the ledger knows (step 11)."""
+    from ray_jobs import storage
+    from ray_jobs.job_runner import prune, run_dir
+    from ray_jobs.outcome import Promotion, promotion_uri
+    from ray_jobs.specs import JobSpec
+
+    config = FineTuneConfig(keep_last=2, max_steps=20)
+    spec = JobSpec(run_id="t-r0", ray_job_id="t-r0-a1", config=config, snapshot_uri="x", storage_path=str(tmp_path))
+    folders = {step: commit(spec, step, score) for step, score in [(7, 0.1), (10, 0.5)]}
+    prune(spec)
+    assert all(f.exists() for f in folders.values())
+    offer = Promotion(stop_at_step=20, park_s=0.0)
+    storage.write_json(promotion_uri(run_dir(spec), spec.ray_job_id, 10), offer.model_dump(mode="json"))
+    for step, score in [(11, 0.3), (12, 0.6), (13, 0.7)]:
+        folders[step] = commit(spec, step, score)
+        prune(spec)
+    assert {s for s, f in folders.items() if f.exists()} == {7, 11, 12, 13}  # 10 pruned; 7 is the last run's to keep
+    next_ledger = [entry(s, eval_loss=v) for s, v in [(10, 0.5), (11, 0.3), (12, 0.6), (13, 0.7)]]
+    assert kept_steps(next_ledger, 2, "eval_loss", "min") == {11, 12, 13}  # the same rule, the same answer

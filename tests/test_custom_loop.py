@@ -142,6 +142,23 @@ def returns_early(config):
 """
 
 
+CUSTOM_EXPERIMENTS = """\
+id: it-custom-set
+metric: eval_accuracy
+defaults:
+  kind: custom
+  entrypoint: ray_jobs.examples.mlp:train_func
+  max_steps: 10
+  checkpoint_every_steps: 10
+  train_loop_config: {batch_size: 32}
+experiments:
+  - id: narrow
+    train_loop_config: {hidden: 8}
+  - id: wide
+    train_loop_config: {hidden: 64}
+"""
+
+
 @pytest.fixture(scope="module")
 def custom_runs(stack, tmp_path_factory) -> dict:
     """Every custom-loop run of this module at once, side by side on the one stack: each fault touches its own job.
@@ -170,6 +187,9 @@ def custom_runs(stack, tmp_path_factory) -> dict:
         runtime_env=mlflow_env(tmp),
     )
 
+    experiments_file = tmp / "experiments.yaml"
+    experiments_file.write_text(CUSTOM_EXPERIMENTS)
+
     async def all_at_once():
         return await asyncio.gather(
             killed_run(stack, config_file),
@@ -179,9 +199,10 @@ def custom_runs(stack, tmp_path_factory) -> dict:
             failed_run(stack, "it-custom-no-step", bad("bad_loops:no_step")),
             failed_run(stack, "it-custom-early", bad("bad_loops:returns_early")),
             failed_run(stack, "it-custom-typo", bad("bad_loops:no_such_function")),
+            asyncio.to_thread(ttrain, "experiments", str(experiments_file), timeout=600),
         )
 
-    names = ("killed", "reference", "hf", "sweep", "no_step", "early", "typo")
+    names = ("killed", "reference", "hf", "sweep", "no_step", "early", "typo", "experiments")
     found = dict(zip(names, run(all_at_once()), strict=True))
     return {**found, "mlflow": f"sqlite:///{tmp}/mlflow.db", "storage": stack.storage_uri}
 
@@ -294,6 +315,26 @@ def test_a_custom_run_keeps_evaluates_and_exports_its_best_checkpoint(custom_run
     assert_one_line_error(
         ttrain("infer", "it-custom-hf", "a fine film"), 1, "is a custom run", "ttrain export it-custom-hf DIR"
     )
+
+
+@pytest.mark.integration
+def test_an_experiments_file_of_custom_loops_ranks_them_by_what_they_reported(stack, custom_runs):
+    out = custom_runs["experiments"]
+    assert out.returncode == 0, out.stderr
+    shown = ttrain("results", "it-custom-set", "--json")
+    assert shown.returncode == 0, shown.stderr
+    rows = {r["experiment"]: r for r in json.loads(shown.stdout)["rows"]}
+    assert {name: r["state"] for name, r in rows.items()} == {"narrow": "completed", "wide": "completed"}
+    assert rows["narrow"]["config_diff"] == {"train_loop_config.hidden": 8}
+
+    async def statuses() -> dict[str, RunStatus]:
+        client = await connect(stack)
+        return {name: await status_of(client, f"it-custom-set-{name}") for name in rows}
+
+    for name, status in run(statuses()).items():
+        row = rows[name]
+        assert row["metrics"]["eval_accuracy"] == status.checkpoints[-1].metrics["eval_accuracy"]  # as reported
+        assert row["metrics"]["step"] == 10 and row["cached_from"] is None
 
 
 @pytest.mark.integration

@@ -80,3 +80,34 @@ def test_run_cache_key_is_content_addressed():
     assert run_cache_key("ds-1", cfg) == run_cache_key("ds-1", FineTuneConfig(lr=1e-4))
     assert run_cache_key("ds-1", cfg) != run_cache_key("ds-2", cfg)
     assert run_cache_key("ds-1", cfg) != run_cache_key("ds-1", FineTuneConfig(lr=1e-4, seed=1))
+
+
+CUSTOM = """\
+id: loops
+metric: accuracy
+defaults:
+  kind: custom
+  entrypoint: my_loops:train_func
+  max_steps: 20
+  runtime_env: {working_dir: code}
+experiments:
+  - id: small
+    train_loop_config: {hidden: 8}
+  - id: big
+    train_loop_config: {hidden: 64}
+"""
+
+
+def test_an_experiments_file_takes_any_kind_with_its_own_keys(tmp_path):
+    req = load_experiments(write(tmp_path, CUSTOM), OPTIONS)
+    small, big = req.experiments
+    assert (small.config.kind, small.config.train_loop_config, big.config.train_loop_config) == (
+        "custom",
+        {"hidden": 8},
+        {"hidden": 64},
+    )
+    assert small.config.runtime_env.working_dir == str(tmp_path / "code")  # relative to the file, as for `train`
+    with pytest.raises(ConfigError, match=r"line 11: experiment 'small': .*lr: Extra inputs"):
+        load_experiments(write(tmp_path, CUSTOM.replace("{hidden: 8}", "{hidden: 8}\n    lr: 0.1")), OPTIONS)
+    with pytest.raises(ConfigError, match=r"line 4: experiment 'small': .*kind 'audio' is not one of"):
+        load_experiments(write(tmp_path, CUSTOM.replace("kind: custom", "kind: audio")), OPTIONS)

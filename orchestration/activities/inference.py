@@ -29,8 +29,9 @@ from ray_jobs.predict import Predictor
 
 @activity.defn
 async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts:
-    """The run's newest checkpoint, its best, or the one at `checkpoint_step`, and its dataset snapshot. A checkpoint
-    that keep_last (or a sweep's clean-up) removed is refused in one line that lists the steps still there."""
+    """The run's newest checkpoint, or the one at `checkpoint_step` (the client resolves `best` to a step, so a worker
+    of an older release never takes it for the newest), and its dataset snapshot. A checkpoint that keep_last (or a
+    sweep's clean-up) removed is refused in one line that lists the steps still there."""
     handle = activity.client().get_workflow_handle(req.run_id)
     try:
         status = RunStatus.model_validate(await handle.query("status"))
@@ -42,7 +43,7 @@ async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts
         lambda: [c for c in status.checkpoints if not c.deleted and storage.exists(c.uri)]
     )
     try:
-        chosen = choose(status, present, req.checkpoint_step, req.best)
+        chosen = choose(status, present, req.checkpoint_step, best=False)
     except ValueError as exc:
         raise invalid(str(exc)) from None
     return RunArtifacts(checkpoint=chosen, snapshot_uri=status.snapshot_uri, kind=status.kind)

@@ -104,7 +104,8 @@ class CoordinatorWorkflow:
             **SHORT,
         )
         key = run_cache_key(snapshot.snapshot_id, exp.config)
-        if self.req.run_cache:
+        cacheable = self.req.run_cache and exp.config.kind != "custom"  # a loop's code changes under one config
+        if cacheable:
             cached = await self._cached(key)
             if cached is not None:
                 row.state, row.cached_from = "cached", cached.run_id
@@ -123,7 +124,7 @@ class CoordinatorWorkflow:
             self.trained[key] = None
             raise
         self.trained[key] = result
-        if self.req.run_cache:
+        if cacheable:
             await workflow.execute_activity(
                 "remember_run",
                 RunCacheStore(

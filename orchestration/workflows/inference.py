@@ -22,6 +22,9 @@ with workflow.unsafe.imports_passed_through():
         RunArtifacts,
     )
 
+# Image and custom runs answered without a model (the patch keeps histories that an older release's workflow wrote
+# replaying, also one whose `resolve_run` a newer worker answered with an image run)
+NOT_TEXT = "not-text-runs"
 RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=[INVALID_INPUT])
 
 
@@ -36,7 +39,7 @@ class InferenceWorkflow:
     @workflow.run
     async def run(self, req: InferenceRequest) -> InferenceResult:
         artifacts = await _resolve(req)
-        if artifacts.kind != "text":
+        if artifacts.kind != "text" and workflow.patched(NOT_TEXT):
             raise ApplicationError(
                 f"run {req.run_id!r} is a {artifacts.kind} run: ttrain predicts with text classifiers only; "
                 f"`ttrain export {req.run_id} DIR` writes its checkpoint for your own code to load",
@@ -59,7 +62,7 @@ class EvaluationWorkflow:
     @workflow.run
     async def run(self, req: EvaluationRequest) -> EvaluationResult:
         artifacts = await _resolve(req)
-        if artifacts.kind != "text":  # its own loop (or the image job) evaluated it: what it reported is the report
+        if artifacts.kind != "text" and workflow.patched(NOT_TEXT):  # its loop evaluated it: that is the report
             report = {"source": "reported by the training loop", **artifacts.checkpoint.metrics}
             return EvaluationResult(
                 run_id=req.run_id, checkpoint_step=artifacts.checkpoint.step, split=req.split, report=report

@@ -288,6 +288,7 @@ class CheckpointedTrainingWorkflow:
             latest_checkpoint=latest,
             best_checkpoint=self._best(),
             best_metric=self.req.config.best_metric,
+            best_mode=self.req.config.best_mode,
             kind=self.req.config.kind,
             checkpoints=self.checkpoints,
             resumes=self.resumes,
