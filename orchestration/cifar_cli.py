@@ -17,7 +17,7 @@ from orchestration.settings import Settings
 from orchestration.types import ScaleUpRequest, ScaleUpResult
 from orchestration.views import follow, print_result, wait_reporting
 from orchestration.workflows.scaleup import ScaleUpWorkflow
-from ray_jobs.specs import ImageTrainConfig
+from ray_jobs.specs import ImageTrainConfig, ScalableConfig
 
 FLAG_KEYS = {
     "dataset": "dataset",
@@ -40,6 +40,14 @@ def add_parser(sub) -> None:
     t.add_argument("--replace", action="store_true", help="cancel and start over a run already under --run-id")
     s = csub.add_parser("scaleup", help="the same training at several worker counts: images/s and efficiency")
     _config_flags(s)
+    scaleup_flags(s)
+    r = csub.add_parser("results", help="a scale-up's table (live while it runs)")
+    r.add_argument("scaleup_id")
+    r.add_argument("--json", action="store_true")
+
+
+def scaleup_flags(s: argparse.ArgumentParser) -> None:
+    """Shared by `ttrain cifar10 scaleup` and `ttrain scaleup CONFIG` (an image config or a custom loop)."""
     s.add_argument("--workers", required=True, help="comma-separated worker counts, e.g. 1,2,4,8")
     s.add_argument(
         "--weak", action="store_true", help="weak scaling: keep the per-worker batch (default: strong, keep the global)"
@@ -48,9 +56,6 @@ def add_parser(sub) -> None:
     s.add_argument("--detach", action="store_true")
     s.add_argument("--replace", action="store_true", help="cancel and start over a scale-up already under --id")
     s.add_argument("--json", action="store_true")
-    r = csub.add_parser("results", help="a scale-up's table (live while it runs)")
-    r.add_argument("scaleup_id")
-    r.add_argument("--json", action="store_true")
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:
@@ -104,9 +109,19 @@ def _worker_counts(text: str) -> list[int]:
     return sorted(counts)
 
 
+def _scaleup_config(args) -> ScalableConfig:
+    """`ttrain cifar10 scaleup`: an image config built from the flags; `ttrain scaleup`: a config file's own kind."""
+    if getattr(args, "cifar_command", None):
+        return _config(args)
+    config = load_config(args.config, args.set)
+    if config.kind not in ("image", "custom"):
+        raise ConfigError(f"a scale-up runs an image config or a custom loop, not a {config.kind} config")
+    return config
+
+
 async def cmd_scaleup(args, settings: Settings) -> int:
     counts = _worker_counts(args.workers)
-    config = _config(args)
+    config = _scaleup_config(args)
     scaleup_id = args.id or f"scaleup-{uuid.uuid4().hex[:8]}"
     req = ScaleUpRequest(
         scaleup_id=scaleup_id,
@@ -160,13 +175,13 @@ def print_scaleup(result: ScaleUpResult, as_json: bool) -> None:
     target = f", target accuracy {result.target_accuracy}" if result.target_accuracy else ""
     base = f"vs {result.baseline_workers} worker(s)" if result.baseline_workers else ""
     out = Table(title=f"scale-up {result.scaleup_id}: {result.scaling} scaling, {data}{target}")
-    for col in ("workers", "global batch", "state", "images/s", f"efficiency {base}", "time to target s",
+    for col in ("workers", "global batch", "state", result.throughput, f"efficiency {base}", "time to target s",
                 "final accuracy", "wall s", "note"):  # fmt: skip
         out.add_column(col)
     for r in result.rows:
         out.add_row(
             str(r.workers),
-            str(r.global_batch),
+            str(r.global_batch or ""),
             r.state,
             num(r.images_per_s, ".0f"),
             num(r.efficiency, ".2f"),

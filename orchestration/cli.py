@@ -445,6 +445,10 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--follow", "-f", action="store_true", help="go on printing until the job ends")
     sub.add_parser("doctor", help="check the Temporal and Ray endpoints, workers, storage and GPUs")
     cifar_cli.add_parser(sub)
+    su = sub.add_parser("scaleup", help="an image config or a custom loop at several worker counts: throughput")
+    su.add_argument("--config", required=True, help="a YAML or JSON config of kind image or custom")
+    su.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    cifar_cli.scaleup_flags(su)
     d = sub.add_parser("demo", help="start the stack, fine-tune, infer, print a summary")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
     return p
@@ -472,6 +476,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "demo": cmd_demo,
     "cifar10": cifar_cli.dispatch,
+    "scaleup": cifar_cli.cmd_scaleup,
 }
 
 

@@ -4,21 +4,40 @@ scaling efficiency, and the plot. Pure functions of data: the workflow runs them
 from __future__ import annotations
 
 from orchestration.types import ClusterCapacity, ScaleUpRequest, ScaleUpResult, ScaleUpRow
-from ray_jobs.specs import ImageTrainConfig
+from ray_jobs.specs import CustomTrainConfig, ImageTrainConfig, ScalableConfig
+
+
+def one_worker_batch(cfg: ScalableConfig) -> int | None:
+    """A custom loop's batch is its own business: `train_loop_config.batch_size`, if it has one, is taken as the
+    global batch (as the examples use it); without one, weak scaling changes nothing but the worker count."""
+    if isinstance(cfg, ImageTrainConfig):
+        return cfg.batch_size
+    batch = cfg.train_loop_config.get("batch_size")
+    return batch if isinstance(batch, int) and not isinstance(batch, bool) else None
 
 
 def global_batch(req: ScaleUpRequest, workers: int) -> int:
-    """Strong: the same global batch split over more workers. Weak: each worker keeps the one-worker batch."""
-    return req.config.batch_size * (workers if req.scaling == "weak" else 1)
+    """Strong: the same global batch split over more workers. Weak: each worker keeps the one-worker batch.
+    0: a custom loop whose batch ttrain does not know."""
+    return (one_worker_batch(req.config) or 0) * (workers if req.scaling == "weak" else 1)
 
 
-def config_for(req: ScaleUpRequest, workers: int) -> ImageTrainConfig:
+def config_for(req: ScaleUpRequest, workers: int) -> ScalableConfig:
     base = req.config.model_dump()
     base["scaling"]["num_workers"] = workers
-    return ImageTrainConfig.model_validate({**base, "batch_size": global_batch(req, workers)})
+    if isinstance(req.config, ImageTrainConfig):
+        return ImageTrainConfig.model_validate({**base, "batch_size": global_batch(req, workers)})
+    if one_worker_batch(req.config) is not None:
+        base["train_loop_config"]["batch_size"] = global_batch(req, workers)
+    return CustomTrainConfig.model_validate(base)
 
 
-def worker_needs(cfg: ImageTrainConfig) -> dict[str, float]:
+def throughput(req: ScaleUpRequest, metrics: dict[str, float]) -> float | None:
+    """Image runs measure images/s themselves; a custom loop reports `samples_per_s` with its checkpoints."""
+    return metrics.get("images_per_s" if isinstance(req.config, ImageTrainConfig) else "samples_per_s")
+
+
+def worker_needs(cfg: ScalableConfig) -> dict[str, float]:
     """What Ray Train reserves per worker: 1 CPU, 1 GPU with use_gpu, or what resources_per_worker says."""
     needs = {"CPU": 1.0, **({"GPU": 1.0} if cfg.scaling.use_gpu else {})}
     return {**needs, **cfg.scaling.resources_per_worker}
@@ -26,8 +45,9 @@ def worker_needs(cfg: ImageTrainConfig) -> dict[str, float]:
 
 def does_not_fit(req: ScaleUpRequest, workers: int, capacity: ClusterCapacity) -> str | None:
     """Why this worker count cannot run on the cluster as it is (a reason to report instead of a job that hangs)."""
-    if req.scaling == "strong" and req.config.batch_size % workers:
-        return f"global batch {req.config.batch_size} does not split over {workers} workers"
+    batch = one_worker_batch(req.config)
+    if req.scaling == "strong" and batch is not None and batch % workers:
+        return f"global batch {batch} does not split over {workers} workers"
     for name, per_worker in worker_needs(config_for(req, workers)).items():
         have = capacity.resources.get(name, 0.0)
         if per_worker * workers > have:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_jobs.specs import ChosenId, Identifier, ImageTrainConfig, Manifest, TrainConfig
+from ray_jobs.specs import ChosenId, Identifier, Manifest, ScalableConfig, TrainConfig
 
 
 class Model(BaseModel):
@@ -346,11 +346,12 @@ ScalingMode = Literal["strong", "weak"]
 
 
 class ScaleUpRequest(Model):
-    """One image training at several worker counts. `config.batch_size` is the global batch at one worker:
-    strong scaling keeps it for every count, weak scaling keeps the per-worker batch (global = batch x workers)."""
+    """One image training, or a custom loop, at several worker counts. The global batch at one worker (an image
+    config's `batch_size`, a custom loop's `train_loop_config.batch_size`): strong scaling keeps it for every count,
+    weak scaling keeps the per-worker batch (global = batch x workers)."""
 
     scaleup_id: ChosenId
-    config: ImageTrainConfig
+    config: ScalableConfig
     workers: list[int] = Field(min_length=1)
     scaling: ScalingMode = "strong"
     options: RunOptions
@@ -364,7 +365,7 @@ class ScaleUpRow(Model):
     global_batch: int
     run_id: str | None = None
     state: ScaleUpState = "pending"
-    images_per_s: float | None = None
+    images_per_s: float | None = Field(default=None, description="throughput: images/s, or a custom loop's samples/s")
     efficiency: float | None = Field(default=None, description="images/s per worker, relative to the baseline's")
     time_to_target_s: float | None = None
     final_accuracy: float | None = None
@@ -381,3 +382,4 @@ class ScaleUpResult(Model):
     baseline_workers: int | None
     rows: list[ScaleUpRow]
     plot_uri: str | None = None
+    throughput: str = Field(default="images/s", description="what `images_per_s` counts: a custom loop's samples/s")

@@ -214,6 +214,10 @@ TrainConfig = Annotated[
     | Annotated[CustomTrainConfig, Tag("custom")],
     Discriminator(_kind),
 ]
+ScalableConfig = Annotated[
+    Annotated[ImageTrainConfig, Tag("image")] | Annotated[CustomTrainConfig, Tag("custom")],
+    Discriminator(lambda value: _kind(value) if _kind(value) != "text" else "image"),  # scale-ups began as image
+]
 CONFIG_KINDS: dict[str, type[FineTuneConfig | ImageTrainConfig | CustomTrainConfig]] = {
     "text": FineTuneConfig,
     "image": ImageTrainConfig,

@@ -20,7 +20,7 @@ from orchestration.image_snapshot import build_image_snapshot, load_cifar10
 from orchestration.snapshot import DatasetError
 from orchestration.types import ClusterCapacity, RunOptions, ScaleUpRequest, ScaleUpRow
 from ray_jobs import image_data, sampling
-from ray_jobs.specs import FASHION_MNIST_DIR, ImageTrainConfig
+from ray_jobs.specs import FASHION_MNIST_DIR, CustomTrainConfig, ImageTrainConfig
 
 
 def _cifar_batch(n: int, seed: int) -> dict:
@@ -145,6 +145,30 @@ def test_strong_and_weak_scaling_configs() -> None:
     assert [scaleup.config_for(strong, n).batch_size for n in (1, 2, 4)] == [96, 96, 96]
     assert [scaleup.config_for(weak, n).batch_size for n in (1, 2, 4)] == [96, 192, 384]
     assert scaleup.config_for(strong, 4).scaling.num_workers == 4
+
+
+def test_a_custom_loop_scales_its_train_loop_batch_or_only_its_workers() -> None:
+    def request(loop_config: dict, scaling: str) -> ScaleUpRequest:
+        config = CustomTrainConfig(entrypoint="pkg.mod:fn", max_steps=10, train_loop_config=loop_config)
+        return ScaleUpRequest(
+            scaleup_id="s", config=config, workers=[1, 2], scaling=scaling, options=RunOptions(storage_uri="/x")
+        )
+
+    weak = request({"batch_size": 32, "lr": 0.1}, "weak")
+    assert [scaleup.config_for(weak, n).train_loop_config for n in (1, 2)] == [
+        {"batch_size": 32, "lr": 0.1},
+        {"batch_size": 64, "lr": 0.1},
+    ]
+    assert scaleup.config_for(weak, 2).scaling.num_workers == 2
+    unknown = request({"lr": 0.1}, "weak")  # no batch ttrain knows of: only the worker count changes
+    assert scaleup.config_for(unknown, 2).train_loop_config == {"lr": 0.1} and scaleup.global_batch(unknown, 2) == 0
+    cpus = ClusterCapacity(resources={"CPU": 4}, nodes=1)
+    assert "does not split" in scaleup.does_not_fit(request({"batch_size": 33}, "strong"), 2, cpus)
+    assert scaleup.does_not_fit(unknown, 2, cpus) is None
+    assert scaleup.throughput(weak, {"samples_per_s": 5.0, "images_per_s": 9.0}) == 5.0
+    assert scaleup.throughput(_request(96), {"samples_per_s": 5.0, "images_per_s": 9.0}) == 9.0
+    old = ScaleUpRequest.model_validate({**_request(96).model_dump(mode="json"), "config": {"batch_size": 96}})
+    assert isinstance(old.config, ImageTrainConfig)  # a request of before custom scale-ups, with no kind
 
 
 def test_what_does_not_fit_is_said() -> None:

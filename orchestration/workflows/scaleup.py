@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from orchestration.workflows.coordinator import CHILD, SHORT
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
+    from ray_jobs.specs import ImageTrainConfig
 
 
 @workflow.defn
@@ -57,7 +58,7 @@ class ScaleUpWorkflow:
             self.rows[i] = self.rows[i].model_copy(
                 update={
                     "state": "completed",
-                    "images_per_s": m.get("images_per_s"),
+                    "images_per_s": scaleup.throughput(req, m),
                     "time_to_target_s": m.get("time_to_target_s"),
                     "final_accuracy": m.get("eval_accuracy"),
                     "wall_time_s": result.wall_time_s,
@@ -71,14 +72,16 @@ class ScaleUpWorkflow:
     def result(self) -> ScaleUpResult:
         rows, baseline = scaleup.with_efficiency(self.rows)
         cfg = self.req.config
+        image = isinstance(cfg, ImageTrainConfig)
         return ScaleUpResult(
             scaleup_id=self.req.scaleup_id,
             scaling=self.req.scaling,
-            dataset=cfg.dataset,
-            synthetic=cfg.dataset == "synthetic",
-            target_accuracy=cfg.target_accuracy,
+            dataset=cfg.dataset if image else f"custom loop {cfg.entrypoint}",
+            synthetic=image and cfg.dataset == "synthetic",
+            target_accuracy=cfg.target_accuracy if image else None,
             baseline_workers=baseline,
             rows=rows,
+            throughput="images/s" if image else "samples/s",
         )
 
     @workflow.query

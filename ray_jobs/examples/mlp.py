@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 
 import ray.train
 import ray.train.torch
@@ -71,6 +72,7 @@ def train_func(config: dict) -> None:
             scheduler.load_state_dict(state["scheduler"])
     ddp = ray.train.torch.prepare_model(model)
 
+    started = time.perf_counter()
     for step in run.steps():
         rows = torch.randperm(ROWS, generator=torch.Generator().manual_seed(run.seed * 100_003 + step))[:batch]
         mine = rows[rank::world]  # this rank's share of the global batch
@@ -86,6 +88,8 @@ def train_func(config: dict) -> None:
             ray.train.report(metrics)  # a point of the run's metric history, no checkpoint
             continue
         metrics["eval_accuracy"] = _accuracy(model, test_x, test_y)
+        # global samples a second since this job started (what `ttrain scaleup` compares across worker counts)
+        metrics["samples_per_s"] = batch * (step - run.start_step) / (time.perf_counter() - started)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
