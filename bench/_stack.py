@@ -171,9 +171,10 @@ def bare_run(settings: Settings, ray, run_id: str, config: TrainConfig, snap: Da
 
 
 def orchestrated_run(
-    settings: Settings, run_id: str, config: TrainConfig, snap: DatasetSnapshot
+    settings: Settings, run_id: str, config: TrainConfig, snap: DatasetSnapshot | None
 ) -> tuple[float, TrainingResult]:
-    """start_training and wait for the workflow's result, as `ttrain train` does. -> (wall s, result)."""
+    """start_training and wait for the workflow's result, as `ttrain train` does. -> (wall s, result). `snap`: the
+    snapshot the run must reuse (None: a custom loop, which takes none)."""
     from orchestration.api import start_training
     from orchestration.client import connect
 
@@ -185,6 +186,6 @@ def orchestrated_run(
         return time.monotonic() - t0, result
 
     wall, result = asyncio.run(go())
-    if result.snapshot_id != snap.snapshot_id:
+    if snap is not None and result.snapshot_id != snap.snapshot_id:
         raise RuntimeError(f"{run_id} trained on snapshot {result.snapshot_id}, the bare runs on {snap.snapshot_id}")
     return wall, result
