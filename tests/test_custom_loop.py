@@ -371,16 +371,21 @@ def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoi
     state, _, _ = custom_runs["sweep"]
     expected = {"it-custom-hf", "it-custom-sweep", *(t.run_id for t in state.trials)}
 
-    def exported() -> dict | None:  # a trial left waiting at its rung exports once its job leaves, within 20 s
+    (promoted,) = [t for t in state.trials if len(t.results) == 2]
+
+    def exported() -> dict | None:
+        """A job exports as it ends, after its run has its last checkpoint (the sweep may have ended by then), and a
+        trial left waiting at its rung once it leaves, within 20 s: every run, and the promoted trial's last job."""
         found = {
             r.data.tags.get("ttrain.run_id", r.data.tags.get("ttrain.sweep_id")): r
             for r in client.search_runs([experiment])
         }
-        return found if set(found) == expected else None
+        if set(found) != expected or found[promoted.run_id].info.status != "FINISHED":
+            return None
+        return found if len(client.get_metric_history(found[promoted.run_id].info.run_id, "loss")) >= 4 else None
 
-    runs = run(wait_until(exported, 90, "every run in MLflow"))
+    runs = run(wait_until(exported, 120, "every run in MLflow, the promoted trial's whole history"))
     sweep = runs["it-custom-sweep"].info.run_id
-    (promoted,) = [t for t in state.trials if len(t.results) == 2]
     for trial in state.trials:
         tracked = runs[trial.run_id]
         assert tracked.data.tags["mlflow.parentRunId"] == sweep
