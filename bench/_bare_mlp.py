@@ -1,6 +1,7 @@
 """The baseline of `bench/custom_overhead.py`: the MLP example's training as a Ray Train user writes it without
 ttrain. The same model, data, batches and checkpoints (`ray_jobs.examples.mlp`'s `build` and `spirals`), a plain
-`TorchTrainer(...).fit()` in a script submitted to the Ray Jobs API; no ledger, no resume, no history.
+`TorchTrainer(...).fit()` in a script submitted to the Ray Jobs API, reporting as often as the example does (the
+loss every LOG_EVERY steps); no ledger, no resume, no history.
 
     python bench/_bare_mlp.py --steps 400 --every 100 --workers 2 --storage /tmp/x --name run
 """
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from ray_jobs.examples.mlp import HELDOUT, ROWS, build, spirals
+from ray_jobs.examples.mlp import HELDOUT, LOG_EVERY, ROWS, build, spirals
 
 
 def train_func(config: dict) -> None:
@@ -43,12 +44,16 @@ def train_func(config: dict) -> None:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if step % every and step != steps:
+        due = step % every == 0 or step == steps
+        if not (due or step % LOG_EVERY == 0):
             continue
         value = loss.detach()
         if dist.is_initialized():
             dist.all_reduce(value)
             value /= world
+        if not due:
+            ray.train.report({"step": step, "loss": float(value)})  # the example's history points, as often
+            continue
         with torch.no_grad():
             accuracy = float((model(test_x).argmax(-1) == test_y).float().mean())
         metrics = {

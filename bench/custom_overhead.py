@@ -9,7 +9,7 @@ Per run: wall (submitted -> ended, seen by the client), the loop's own samples/s
 training, measured inside the loop, reported with its last checkpoint), and fixed = wall - training time: start-up,
 submission, polling, shutdown. Both on 2 Ray Train workers; each size A/B/A/B so drift hits both alike.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/custom_overhead.py            # steps 200,1000; 2 repeats
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/custom_overhead.py            # steps 100,400; 2 repeats
     HF_HUB_OFFLINE=1 .venv/bin/python bench/custom_overhead.py --quick    # steps 100; 1 repeat
 
 Prints a table per run and a summary; writes bench/out/custom_overhead.json.
@@ -92,7 +92,7 @@ def measure(settings: Settings, steps: int, repeat: int, variant: str) -> Run:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", default="200,1000", help="comma-separated run sizes in optimizer steps")
+    p.add_argument("--steps", default="100,400", help="comma-separated run sizes in optimizer steps")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="steps 100, 1 repeat: proves the bench works")
     args = p.parse_args()

@@ -278,3 +278,19 @@ def test_a_custom_configs_working_dir_is_relative_to_its_file(tmp_path, monkeypa
         "space: {params: {train_loop_config.lr: {type: uniform, low: 0.1, high: 0.2}}}\n"
     )
     assert as_sweep_spec(str(sweep)).base.runtime_env.working_dir == str(tmp_path / "proj" / "code")
+
+
+def test_a_job_gets_the_training_workers_ray_train_and_offline_settings_and_its_configs_own(monkeypatch):
+    from orchestration.activities.training import runtime_env
+    from ray_jobs.specs import CustomTrainConfig
+
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SOMETHING_ELSE", "x")
+    monkeypatch.delenv("TTRAIN_RAY_MAX_FAILURES", raising=False)
+    config = CustomTrainConfig(
+        entrypoint="pkg.mod:fn", max_steps=1, runtime_env={"working_dir": "/code", "env_vars": {"MINE": "1"}}
+    )
+    env = runtime_env(config)
+    assert env["working_dir"] == "/code"
+    assert env["env_vars"] == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "HF_HUB_OFFLINE": "1", "MINE": "1"}

@@ -54,6 +54,7 @@ FORWARDED_ENV = (
     "HF_HUB_OFFLINE",
     "HF_HOME",
     "TTRAIN_RAY_MAX_FAILURES",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",  # how often Ray Train's controller takes a report (see the README)
     "MLFLOW_TRACKING_URI",
     "MLFLOW_EXPERIMENT_NAME",
 )
