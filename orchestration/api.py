@@ -29,7 +29,7 @@ from temporalio.service import RPCError
 
 from orchestration import inventory
 from orchestration.client import connect
-from orchestration.config_loading import anchored, load_config, read_mapping, validate
+from orchestration.config_loading import ConfigError, anchored, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
 from orchestration.export import Exported, check_target, export_checkpoint
@@ -54,16 +54,19 @@ from orchestration.types import (
     Progress,
     RunOptions,
     RunStatus,
+    ScaleUpRequest,
+    ScaleUpResult,
     TrainingRequest,
     TrainingResult,
 )
 from orchestration.workflows.coordinator import CoordinatorWorkflow
 from orchestration.workflows.inference import EvaluationWorkflow, InferenceWorkflow
+from orchestration.workflows.scaleup import ScaleUpWorkflow
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import storage
 from ray_jobs.history import MetricRow
-from ray_jobs.specs import TrainConfig
+from ray_jobs.specs import ScalableConfig, TrainConfig
 
 PAGE = 1_000  # trials per leaderboard query: every answer stays far below Temporal's payload limit
 SWEEP_CONTROLS = ("pause", "resume", "stop", "cancel", "extend", "budget", "concurrency")
@@ -147,6 +150,21 @@ class AsyncTtrain:
         """The leaderboard as a pandas DataFrame: one row per trial, best first; params and the latest result as
         columns (`param.<key>`)."""
         return leaderboard_frame(await self.leaderboard(sweep_id, top))
+
+    async def scaleup(
+        self,
+        config: ScalableConfig | dict | str,
+        workers: list[int],
+        weak: bool = False,
+        scaleup_id: str | None = None,
+        replace: bool = False,
+        wait: bool = True,
+    ) -> ScaleUpResult | WorkflowHandle:
+        """An image config or a custom loop at each worker count: its table (throughput, efficiency, accuracy) or,
+        with `wait=False`, its handle."""
+        req = scaleup_request(self.settings, as_config(config), workers, weak, scaleup_id)
+        launched = await launch_scaleup(self.client, self.settings, req, replace)
+        return await result_of(launched.handle, f"scale-up {req.scaleup_id}") if wait else launched.handle
 
     async def metrics(self, run_id: str) -> list[MetricRow]:
         from orchestration import metrics_view
@@ -416,6 +434,36 @@ async def launch_experiments(client: Client, settings: Settings, req: Coordinato
         task_queue=settings.orchestration_queue,
         what="experiment set",
         identity=lambda r: r.model_dump(mode="json", include={"experiments", "metric", "mode"}),
+        replace=replace,
+    )
+
+
+def scaleup_request(
+    settings: Settings, config: TrainConfig, workers: list[int], weak: bool, scaleup_id: str | None
+) -> ScaleUpRequest:
+    if config.kind not in ("image", "custom"):
+        raise ConfigError(f"a scale-up runs an image config or a custom loop, not a {config.kind} config")
+    if not workers or min(workers) < 1 or len(set(workers)) != len(workers):
+        raise ConfigError(f"workers {workers}: expected distinct counts >= 1")
+    return ScaleUpRequest(
+        scaleup_id=scaleup_id or f"scaleup-{uuid.uuid4().hex[:8]}",
+        config=config,
+        workers=sorted(workers),
+        scaling="weak" if weak else "strong",
+        options=run_options(settings),
+    )
+
+
+async def launch_scaleup(client: Client, settings: Settings, req: ScaleUpRequest, replace: bool) -> Launched:
+    """Start a scale-up, or follow / report the same one under its id; another under a taken id is refused."""
+    return await launch(
+        client,
+        ScaleUpWorkflow.run,
+        req,
+        workflow_id=req.scaleup_id,
+        task_queue=settings.orchestration_queue,
+        what="scale-up",
+        identity=lambda r: r.model_dump(mode="json", include={"config", "workers", "scaling"}),
         replace=replace,
     )
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 
-from orchestration.api import connect_client, launch_training, new_run_id, query, run_options
+from orchestration.api import connect_client, launch_scaleup, launch_training, new_run_id, query, scaleup_request
 from orchestration.config_loading import ConfigError, load_config
-from orchestration.launch import launch
 from orchestration.settings import Settings
-from orchestration.types import ScaleUpRequest, ScaleUpResult
+from orchestration.types import ScaleUpResult
 from orchestration.views import follow, print_result, wait_reporting
 from orchestration.workflows.scaleup import ScaleUpWorkflow
-from ray_jobs.specs import ImageTrainConfig, ScalableConfig
+from ray_jobs.specs import ImageTrainConfig, TrainConfig
 
 FLAG_KEYS = {
     "dataset": "dataset",
@@ -104,45 +102,22 @@ def _worker_counts(text: str) -> list[int]:
         counts = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--workers {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
-    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
-        raise ConfigError(f"--workers {text!r}: expected distinct counts >= 1")
-    return sorted(counts)
+    return counts
 
 
-def _scaleup_config(args) -> ScalableConfig:
+def _scaleup_config(args) -> TrainConfig:
     """`ttrain cifar10 scaleup`: an image config built from the flags; `ttrain scaleup`: a config file's own kind."""
     if getattr(args, "cifar_command", None):
         return _config(args)
     config = load_config(args.config, args.set)
-    if config.kind not in ("image", "custom"):
-        raise ConfigError(f"a scale-up runs an image config or a custom loop, not a {config.kind} config")
     return config
 
 
 async def cmd_scaleup(args, settings: Settings) -> int:
-    counts = _worker_counts(args.workers)
-    config = _scaleup_config(args)
-    scaleup_id = args.id or f"scaleup-{uuid.uuid4().hex[:8]}"
-    req = ScaleUpRequest(
-        scaleup_id=scaleup_id,
-        config=config,
-        workers=counts,
-        scaling="weak" if args.weak else "strong",
-        options=run_options(settings),
-    )
-    client = await connect_client(settings)
-    launched = await launch(
-        client,
-        ScaleUpWorkflow.run,
-        req,
-        workflow_id=scaleup_id,
-        task_queue=settings.orchestration_queue,
-        what="scale-up",
-        identity=lambda r: r.model_dump(mode="json", include={"config", "workers", "scaling"}),
-        replace=args.replace,
-    )
-    handle = launched.handle
-    print(f"{launched.note}: workers {counts}, {req.scaling} scaling", file=sys.stderr)
+    req = scaleup_request(settings, _scaleup_config(args), _worker_counts(args.workers), args.weak, args.id)
+    launched = await launch_scaleup(await connect_client(settings), settings, req, args.replace)
+    handle, scaleup_id = launched.handle, req.scaleup_id
+    print(f"{launched.note}: workers {req.workers}, {req.scaling} scaling", file=sys.stderr)
     if args.detach:
         print(scaleup_id)
         return 0

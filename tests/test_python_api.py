@@ -28,7 +28,10 @@ SCRIPT = textwrap.dedent(
         return [item.id for item in tt.ls(["sweep"])]
 
     listed = asyncio.run(a_notebook_cell())
+    loop = {"kind": "custom", "entrypoint": "ray_jobs.examples.mlp:train_func", "max_steps": 10}
+    table = tt.scaleup(loop, workers=[64], scaleup_id="it-api-scaleup")  # more workers than the cluster's CPUs
     print(json.dumps({
+        "scaleup": [(r.workers, r.state, r.detail) for r in table.rows], "throughput": table.throughput,
         "trials": len(state.trials), "rows": len(frame), "columns": list(frame.columns),
         "ranked": frame[["rung", "eval_accuracy"]].values.tolist(), "listed": listed,
     }))
@@ -47,15 +50,22 @@ def test_a_script_drives_a_sweep_and_reads_its_leaderboard_as_a_dataframe(stack)
     ranked = [(rung, score) for rung, score in got["ranked"]]
     assert ranked[0][0] == 2 and ranked == sorted(ranked, key=lambda r: (-r[0], -r[1]))  # best first, by rung
     assert "it-api-sweep" in got["listed"]
+    assert got["scaleup"] == [[64, "does-not-fit", "needs 64 CPU, the cluster has 4"]]
+    assert got["throughput"] == "samples/s"
 
 
 def test_bad_input_raises_before_anything_connects():
-    from orchestration.api import as_config, as_sweep_spec
+    from orchestration.api import as_config, as_sweep_spec, scaleup_request
     from orchestration.config_loading import ConfigError
+    from orchestration.settings import Settings
 
     with pytest.raises(ConfigError, match="max_steps: Field required"):
         as_config({"kind": "custom", "entrypoint": "m:f"})
     with pytest.raises(ConfigError, match="lr: Extra inputs are not permitted"):
         as_config({"kind": "custom", "entrypoint": "m:f", "max_steps": 5, "lr": 0.1})  # a typo is not dropped
+    with pytest.raises(ConfigError, match="a scale-up runs an image config or a custom loop, not a text config"):
+        scaleup_request(Settings.from_env(), as_config({"lr": 0.1}), [1, 2], False, None)
+    with pytest.raises(ConfigError, match="expected distinct counts"):
+        scaleup_request(Settings.from_env(), as_config({"kind": "image"}), [2, 2], False, None)
     with pytest.raises(ConfigError, match="unknown search-space keys"):
         as_sweep_spec({"id": "s", "space": {"params": {"nope": {"type": "uniform", "low": 0, "high": 1}}}})
