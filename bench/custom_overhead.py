@@ -5,9 +5,10 @@
   ttrain        `kind: custom` with `entrypoint: ray_jobs.examples.mlp:train_func` through start_training:
                 workflow, activity, custom_job (ledger, commit records, metric history, heartbeats) and the loop.
 
-Per run: wall (submitted -> ended, seen by the client), the loop's own samples/s (global samples a second over the
-training, measured inside the loop, reported with its last checkpoint), and fixed = wall - training time: start-up,
-submission, polling, shutdown. Both on 2 Ray Train workers; each size A/B/A/B so drift hits both alike.
+Per run: wall (submitted -> ended, seen by the client), the loop's own samples/s (global samples a second of its
+training steps alone, by the slowest rank's clock, reported with its last checkpoint), and fixed = wall - training
+time: start-up, submission, polling, reports, evaluation, checkpoint saves, shutdown. Both on 2 Ray Train workers;
+each size A/B/A/B so drift hits both alike.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/custom_overhead.py            # steps 100,400; 2 repeats
     HF_HUB_OFFLINE=1 .venv/bin/python bench/custom_overhead.py --quick    # steps 100; 1 repeat

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from orchestration import inventory
+from orchestration import inventory, scaleup
 from orchestration.client import connect
 from orchestration.config_loading import ConfigError, anchored, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
@@ -66,7 +66,7 @@ from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import storage
 from ray_jobs.history import MetricRow
-from ray_jobs.specs import ScalableConfig, TrainConfig
+from ray_jobs.specs import ScalableConfig, TrainConfig, check_id
 
 PAGE = 1_000  # trials per leaderboard query: every answer stays far below Temporal's payload limit
 SWEEP_CONTROLS = ("pause", "resume", "stop", "cancel", "extend", "budget", "concurrency")
@@ -441,12 +441,20 @@ async def launch_experiments(client: Client, settings: Settings, req: Coordinato
 def scaleup_request(
     settings: Settings, config: TrainConfig, workers: list[int], weak: bool, scaleup_id: str | None
 ) -> ScaleUpRequest:
+    """Checked before anything connects; weak scaling needs a batch to scale (`train_loop_config.batch_size`)."""
     if config.kind not in ("image", "custom"):
-        raise ConfigError(f"a scale-up runs an image config or a custom loop, not a {config.kind} config")
+        hint = " (an image config says `kind: image`)" if config.kind == "text" else ""
+        raise ConfigError(f"a scale-up runs an image config or a custom loop, not a {config.kind} config{hint}")
     if not workers or min(workers) < 1 or len(set(workers)) != len(workers):
-        raise ConfigError(f"workers {workers}: expected distinct counts >= 1")
+        raise ConfigError(f"worker counts {workers}: expected distinct counts >= 1")
+    if weak and scaleup.one_worker_batch(config) is None:
+        raise ConfigError("weak scaling scales train_loop_config.batch_size (the global batch): this loop has none")
+    try:
+        scaleup_id = check_id(scaleup_id or f"scaleup-{uuid.uuid4().hex[:8]}", "scale-up id")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return ScaleUpRequest(
-        scaleup_id=scaleup_id or f"scaleup-{uuid.uuid4().hex[:8]}",
+        scaleup_id=scaleup_id,
         config=config,
         workers=sorted(workers),
         scaling="weak" if weak else "strong",

@@ -16,10 +16,11 @@ def one_worker_batch(cfg: ScalableConfig) -> int | None:
     return batch if isinstance(batch, int) and not isinstance(batch, bool) else None
 
 
-def global_batch(req: ScaleUpRequest, workers: int) -> int:
+def global_batch(req: ScaleUpRequest, workers: int) -> int | None:
     """Strong: the same global batch split over more workers. Weak: each worker keeps the one-worker batch.
-    0: a custom loop whose batch ttrain does not know."""
-    return (one_worker_batch(req.config) or 0) * (workers if req.scaling == "weak" else 1)
+    None: a custom loop whose batch ttrain does not know."""
+    batch = one_worker_batch(req.config)
+    return None if batch is None else batch * (workers if req.scaling == "weak" else 1)
 
 
 def config_for(req: ScaleUpRequest, workers: int) -> ScalableConfig:
@@ -56,7 +57,7 @@ def does_not_fit(req: ScaleUpRequest, workers: int, capacity: ClusterCapacity) -
 
 
 def with_efficiency(rows: list[ScaleUpRow]) -> tuple[list[ScaleUpRow], int | None]:
-    """Efficiency = (images/s per worker) / (baseline images/s per worker); the baseline is the smallest count
+    """Efficiency = (throughput per worker) / (baseline throughput per worker); the baseline is the smallest count
     that completed, normally 1 worker."""
     done = [r for r in rows if r.state == "completed" and r.images_per_s]
     if not done:
@@ -92,7 +93,7 @@ def plot_png(result: ScaleUpResult) -> bytes:
     right.set_ylim(0, 1.2)
     left.set_ylim(bottom=0)
     left.legend()
-    for ax, label in ((left, "images/s"), (right, "scaling efficiency")):
+    for ax, label in ((left, result.throughput), (right, "scaling efficiency")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(workers or [1], [str(w) for w in workers] or ["1"])
         ax.set_xlabel("workers")

@@ -362,7 +362,7 @@ ScaleUpState = Literal["pending", "running", "completed", "does-not-fit", "faile
 
 class ScaleUpRow(Model):
     workers: int
-    global_batch: int
+    global_batch: int | None = Field(description="None: a custom loop without train_loop_config.batch_size")
     run_id: str | None = None
     state: ScaleUpState = "pending"
     images_per_s: float | None = Field(default=None, description="throughput: images/s, or a custom loop's samples/s")

@@ -203,9 +203,9 @@ class CustomTrainConfig(Strict):
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
 
 
-def _kind(value: Any) -> str:
-    """Configs written before image runs existed carry no `kind`: they are text fine-tunes."""
-    return (value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)) or "text"
+def _kind(value: Any, missing: str = "text") -> str:
+    """Configs written before image runs existed carry no `kind`: they are text fine-tunes (a scale-up's: image)."""
+    return (value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)) or missing
 
 
 TrainConfig = Annotated[
@@ -216,7 +216,7 @@ TrainConfig = Annotated[
 ]
 ScalableConfig = Annotated[
     Annotated[ImageTrainConfig, Tag("image")] | Annotated[CustomTrainConfig, Tag("custom")],
-    Discriminator(lambda value: _kind(value) if _kind(value) != "text" else "image"),  # scale-ups began as image
+    Discriminator(lambda value: _kind(value, missing="image")),
 ]
 CONFIG_KINDS: dict[str, type[FineTuneConfig | ImageTrainConfig | CustomTrainConfig]] = {
     "text": FineTuneConfig,

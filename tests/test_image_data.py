@@ -161,7 +161,7 @@ def test_a_custom_loop_scales_its_train_loop_batch_or_only_its_workers() -> None
     ]
     assert scaleup.config_for(weak, 2).scaling.num_workers == 2
     unknown = request({"lr": 0.1}, "weak")  # no batch ttrain knows of: only the worker count changes
-    assert scaleup.config_for(unknown, 2).train_loop_config == {"lr": 0.1} and scaleup.global_batch(unknown, 2) == 0
+    assert scaleup.config_for(unknown, 2).train_loop_config == {"lr": 0.1} and scaleup.global_batch(unknown, 2) is None
     cpus = ClusterCapacity(resources={"CPU": 4}, nodes=1)
     assert "does not split" in scaleup.does_not_fit(request({"batch_size": 33}, "strong"), 2, cpus)
     assert scaleup.does_not_fit(unknown, 2, cpus) is None

@@ -67,5 +67,10 @@ def test_bad_input_raises_before_anything_connects():
         scaleup_request(Settings.from_env(), as_config({"lr": 0.1}), [1, 2], False, None)
     with pytest.raises(ConfigError, match="expected distinct counts"):
         scaleup_request(Settings.from_env(), as_config({"kind": "image"}), [2, 2], False, None)
+    loop = as_config({"kind": "custom", "entrypoint": "m:f", "max_steps": 5})
+    with pytest.raises(ConfigError, match=r"weak scaling scales train_loop_config\.batch_size"):
+        scaleup_request(Settings.from_env(), loop, [1, 2], True, None)
+    with pytest.raises(ConfigError, match=r"scale-up id .\.\./x. is not allowed"):
+        scaleup_request(Settings.from_env(), loop, [1, 2], False, "../x")
     with pytest.raises(ConfigError, match="unknown search-space keys"):
         as_sweep_spec({"id": "s", "space": {"params": {"nope": {"type": "uniform", "low": 0, "high": 1}}}})

@@ -72,8 +72,9 @@ def train_func(config: dict) -> None:
             scheduler.load_state_dict(state["scheduler"])
     ddp = ray.train.torch.prepare_model(model)
 
-    started = time.perf_counter()
+    samples, training_s = 0, 0.0  # this job's, for samples_per_s: the training steps alone, not reports or saves
     for step in run.steps():
+        started = time.perf_counter()
         rows = torch.randperm(ROWS, generator=torch.Generator().manual_seed(run.seed * 100_003 + step))[:batch]
         mine = rows[rank::world]  # this rank's share of the global batch
         loss = torch.nn.functional.cross_entropy(ddp(train_x[mine]), train_y[mine])
@@ -81,6 +82,7 @@ def train_func(config: dict) -> None:
         loss.backward()
         optimizer.step()
         scheduler.step()
+        samples, training_s = samples + len(rows), training_s + time.perf_counter() - started
         if not (step % LOG_EVERY == 0 or run.checkpoint_due(step)):
             continue
         metrics = {"step": step, "loss": _mean(loss.detach()), "lr": scheduler.get_last_lr()[0]}
@@ -88,8 +90,8 @@ def train_func(config: dict) -> None:
             ray.train.report(metrics)  # a point of the run's metric history, no checkpoint
             continue
         metrics["eval_accuracy"] = _accuracy(model, test_x, test_y)
-        # global samples a second since this job started (what `ttrain scaleup` compares across worker counts)
-        metrics["samples_per_s"] = batch * (step - run.start_step) / (time.perf_counter() - started)
+        # global samples a second of training, by the slowest rank's clock (what `ttrain scaleup` compares)
+        metrics["samples_per_s"] = samples / slowest(training_s)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -98,6 +100,13 @@ def train_func(config: dict) -> None:
                 torch.save(state, os.path.join(d, "optimizer.pt"))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def slowest(seconds: float) -> float:
+    value = torch.tensor(seconds)
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value)
 
 
 def _mean(value: torch.Tensor) -> float:
