@@ -22,9 +22,6 @@ TEST_ENV = {
     "RAY_AUTH_MODE": "token",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TTRAIN_RAY_MAX_FAILURES": "0",  # crash tests must see the activity recover, not Ray Train retry silently
-    # Ray Train's controller takes one report per poll (2 s by default): the tiny runs here report every few
-    # hundred ms, and would otherwise spend most of their time waiting for it
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 }
 
 
