@@ -57,9 +57,12 @@ def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
     experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"), spec.storage_path)
     parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}) if spec.sweep_id else None
     incarnation = {INCARNATION_TAG: spec.incarnation or ""}
-    tags = {**incarnation, **({"mlflow.parentRunId": parent} if parent else {})}
+    nested = {"mlflow.parentRunId": parent} if parent else {}
     params = flatten(spec.config.model_dump(mode="json"))
-    run_id = _run(client, experiment, RUN_TAG, spec.run_id, tags, params, also=incarnation)
+    # a run is one MLflow run per start of its id; a sweep trial one per trial of its sweep, whichever segment (each
+    # rung's segment is a workflow, and so an incarnation, of its own) trained it
+    key = nested or incarnation
+    run_id = _run(client, experiment, RUN_TAG, spec.run_id, {**incarnation, **nested}, params, also=key)
     logged = int(client.get_run(run_id).data.tags.get(LOGGED_TAG, "0"))
     rows = [r for r in read_history(storage.join(spec.storage_path, spec.run_id)) if r.step > logged]
     metrics = [Metric(k, v, int(r.time * 1000), r.step) for r in rows for k, v in sorted(r.values.items())]
