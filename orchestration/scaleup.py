@@ -94,7 +94,8 @@ def plot_png(result: ScaleUpResult) -> bytes:
     left.set_ylim(bottom=0)
     left.legend()
     for ax, label in ((left, result.throughput), (right, "scaling efficiency")):
-        ax.set_xscale("log", base=2)
+        if done:  # nothing completed (no count fitted the cluster): no log scale over no data
+            ax.set_xscale("log", base=2)
         ax.set_xticks(workers or [1], [str(w) for w in workers] or ["1"])
         ax.set_xlabel("workers")
         ax.set_ylabel(label)

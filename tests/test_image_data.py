@@ -18,7 +18,7 @@ from PIL import Image
 from orchestration import scaleup
 from orchestration.image_snapshot import build_image_snapshot, load_cifar10
 from orchestration.snapshot import DatasetError
-from orchestration.types import ClusterCapacity, RunOptions, ScaleUpRequest, ScaleUpRow
+from orchestration.types import ClusterCapacity, RunOptions, ScaleUpRequest, ScaleUpResult, ScaleUpRow
 from ray_jobs import image_data, sampling
 from ray_jobs.specs import FASHION_MNIST_DIR, CustomTrainConfig, ImageTrainConfig
 
@@ -169,6 +169,20 @@ def test_a_custom_loop_scales_its_train_loop_batch_or_only_its_workers() -> None
     assert scaleup.throughput(_request(96), {"samples_per_s": 5.0, "images_per_s": 9.0}) == 9.0
     old = ScaleUpRequest.model_validate({**_request(96).model_dump(mode="json"), "config": {"batch_size": 96}})
     assert isinstance(old.config, ImageTrainConfig)  # a request of before custom scale-ups, with no kind
+
+
+def test_a_scaleup_where_nothing_fitted_still_draws_its_plot() -> None:
+    result = ScaleUpResult(
+        scaleup_id="s",
+        scaling="strong",
+        dataset="custom loop m:f",
+        synthetic=False,
+        target_accuracy=None,
+        baseline_workers=None,
+        rows=[ScaleUpRow(workers=64, global_batch=None, state="does-not-fit", detail="needs 64 CPU")],
+        throughput="samples/s",
+    )
+    assert scaleup.plot_png(result).startswith(b"\x89PNG")
 
 
 def test_what_does_not_fit_is_said() -> None:
