@@ -157,7 +157,8 @@ async def cmd_demo(args, settings: Settings) -> int:
         print("\nsummary")
         print_result(result)
         for c in (await run_status(client, run_id))[0].checkpoints:
-            print(f"  checkpoint step {c.step:>5}  loss {c.metrics.get('loss', float('nan')):.4f}  {c.uri}")
+            where = "deleted by keep_last" if c.deleted else c.uri
+            print(f"  checkpoint step {c.step:>5}  loss {c.metrics.get('loss', float('nan')):.4f}  {where}")
         print(f"predictions (checkpoint step {preds.checkpoint_step}):")
         for p in preds.predictions:
             print(f"  {p.label:>8}  {p.confidence:.3f}  {p.text}")
