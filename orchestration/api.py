@@ -34,7 +34,7 @@ from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
 from orchestration.export import Exported, check_target, export_checkpoint
 from orchestration.launch import Launched, launch
-from orchestration.ledger import choose, newest
+from orchestration.ledger import choose, newest, present
 from orchestration.settings import Settings
 from orchestration.sweeps.models import (
     LIVE_SWEEP_SETTINGS,
@@ -71,6 +71,7 @@ from ray_jobs.specs import ScalableConfig, TrainConfig, check_id
 PAGE = 1_000  # trials per leaderboard query: every answer stays far below Temporal's payload limit
 SWEEP_CONTROLS = ("pause", "resume", "stop", "cancel", "extend", "budget", "concurrency")
 T = TypeVar("T")
+R = TypeVar("R", InferenceRequest, EvaluationRequest)
 
 
 class AsyncTtrain:
@@ -366,8 +367,7 @@ async def export(client: Client, run_id: str, directory: str | Path, step: int |
     config = await query(client, run_id, CheckpointedTrainingWorkflow.config, "run")
 
     def copy() -> Exported:
-        present = [c for c in status.checkpoints if not c.deleted and storage.exists(c.uri)]
-        chosen = choose(status, present, step, best)
+        chosen = choose(status, present(status, storage.exists), step, best)
         return export_checkpoint(chosen, target, status.kind, config, status.best_checkpoint)
 
     try:
@@ -385,9 +385,15 @@ async def best_step(client: Client, run_id: str) -> int | None:
     return status.best_checkpoint.step if status.best_checkpoint else None
 
 
-async def infer(client: Client, settings: Settings, req: InferenceRequest, best: bool = False) -> InferenceResult:
+async def at_best(client: Client, req: R, best: bool) -> R:
+    """`req` at the run's best step when `best` and no step was given (`best_step`)."""
     if best and req.checkpoint_step is None:
-        req = req.model_copy(update={"checkpoint_step": await best_step(client, req.run_id)})
+        return req.model_copy(update={"checkpoint_step": await best_step(client, req.run_id)})
+    return req
+
+
+async def infer(client: Client, settings: Settings, req: InferenceRequest, best: bool = False) -> InferenceResult:
+    req = await at_best(client, req, best)
     workflow_id = f"{req.run_id}-infer-{uuid.uuid4().hex[:8]}"
     return await execute(client, settings, InferenceWorkflow.run, req, workflow_id, f"inference on {req.run_id}")
 
@@ -414,8 +420,7 @@ async def leaderboard(client: Client, sweep_id: str, top: int | None) -> SweepLe
 
 
 async def evaluate(client: Client, settings: Settings, req: EvaluationRequest, best: bool = False) -> EvaluationResult:
-    if best and req.checkpoint_step is None:
-        req = req.model_copy(update={"checkpoint_step": await best_step(client, req.run_id)})
+    req = await at_best(client, req, best)
     workflow_id = f"{req.run_id}-eval-{uuid.uuid4().hex[:8]}"
     return await execute(client, settings, EvaluationWorkflow.run, req, workflow_id, f"evaluation of {req.run_id}")
 

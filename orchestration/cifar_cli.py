@@ -109,8 +109,7 @@ def _scaleup_config(args) -> TrainConfig:
     """`ttrain cifar10 scaleup`: an image config built from the flags; `ttrain scaleup`: a config file's own kind."""
     if getattr(args, "cifar_command", None):
         return _config(args)
-    config = load_config(args.config, args.set)
-    return config
+    return load_config(args.config, args.set)
 
 
 async def cmd_scaleup(args, settings: Settings) -> int:

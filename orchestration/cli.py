@@ -350,13 +350,9 @@ def checkpoint_choice(value: str) -> tuple[int | None, bool]:
     """`--checkpoint`: (step, best)."""
     if value in ("best", "latest"):
         return None, value == "best"
-    try:
-        step = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a step, best or latest") from None
-    if step < 1:
+    if not value.isdecimal() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a step, best or latest")
-    return step, False
+    return int(value), False
 
 
 def parser() -> argparse.ArgumentParser:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from orchestration.types import CheckpointInfo, RunStatus
 from ray_jobs import retention
 
@@ -26,6 +28,12 @@ def mark_deleted(ledger: list[CheckpointInfo], steps: list[int]) -> None:
     for i, c in enumerate(ledger):
         if c.step in gone and not c.deleted:
             ledger[i] = c.model_copy(update={"deleted": True})
+
+
+def present(status: RunStatus, exists: Callable[[str], bool]) -> list[CheckpointInfo]:
+    """The ledger's entries still in storage (`exists`: `ray_jobs.storage.exists`; it does I/O, so call this off
+    the event loop)."""
+    return [c for c in status.checkpoints if not c.deleted and exists(c.uri)]
 
 
 def choose(status: RunStatus, present: list[CheckpointInfo], step: int | None, best: bool) -> CheckpointInfo:

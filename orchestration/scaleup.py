@@ -9,7 +9,7 @@ from ray_jobs.specs import CustomTrainConfig, ImageTrainConfig, ScalableConfig
 
 def one_worker_batch(cfg: ScalableConfig) -> int | None:
     """A custom loop's batch is its own business: `train_loop_config.batch_size`, if it has one, is taken as the
-    global batch (as the examples use it); without one, weak scaling changes nothing but the worker count."""
+    global batch (as the examples use it). None: ttrain does not know it, and a weak scale-up is refused."""
     if isinstance(cfg, ImageTrainConfig):
         return cfg.batch_size
     batch = cfg.train_loop_config.get("batch_size")

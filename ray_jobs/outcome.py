@@ -127,10 +127,15 @@ def promotion_uri(run_uri: str, ray_job_id: str, step: int) -> str:
     return storage.join(job_dir(run_uri, ray_job_id), PROMOTIONS_DIR, f"step_{step:08d}.json")
 
 
+def _step_files(directory: str) -> list[tuple[int, str]]:
+    """(step, name) of the `step_<N>.json` files in a job's folder of records, in step order."""
+    names = storage.list_names(directory)
+    return [(int(n[5:13]), n) for n in names if n.startswith("step_") and n.endswith(".json")]
+
+
 def promoted_steps(run_uri: str, ray_job_id: str) -> list[int]:
     """The rungs at which this job was offered a promotion (and so trained on, unless it had just left)."""
-    names = storage.list_names(storage.join(job_dir(run_uri, ray_job_id), PROMOTIONS_DIR))
-    return [int(n[5:13]) for n in names if n.startswith("step_") and n.endswith(".json")]
+    return [step for step, _ in _step_files(storage.join(job_dir(run_uri, ray_job_id), PROMOTIONS_DIR))]
 
 
 def commit_record_uri(run_uri: str, ray_job_id: str, step: int) -> str:
@@ -141,12 +146,13 @@ def read_commits(run_uri: str, ray_job_id: str, after_step: int) -> list[Committ
     """The job's commit records newer than `after_step`, in step order (a record half-written is read next time)."""
     directory = storage.join(job_dir(run_uri, ray_job_id), COMMITS_DIR)
     found = []
-    for name in storage.list_names(directory):
-        if name.startswith("step_") and name.endswith(".json") and int(name[5:13]) > after_step:
-            try:
-                found.append(CommittedCheckpoint.model_validate(storage.read_json(storage.join(directory, name))))
-            except FileNotFoundError:
-                continue  # its checkpoint was pruned and the record with it, since the listing
-            except (OSError, ValueError):
-                break  # keep the order: what follows waits for the next poll
+    for step, name in _step_files(directory):
+        if step <= after_step:
+            continue
+        try:
+            found.append(CommittedCheckpoint.model_validate(storage.read_json(storage.join(directory, name))))
+        except FileNotFoundError:
+            continue  # its checkpoint was pruned and the record with it, since the listing
+        except (OSError, ValueError):
+            break  # keep the order: what follows waits for the next poll
     return found

@@ -13,7 +13,7 @@ from temporalio import activity
 
 from orchestration.activities.heartbeat import in_thread
 from orchestration.errors import invalid
-from orchestration.ledger import choose
+from orchestration.ledger import choose, present
 from orchestration.types import (
     EvaluateInput,
     EvaluationRequest,
@@ -39,11 +39,9 @@ async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts
         raise invalid(f"run {req.run_id!r} cannot be queried for its checkpoints: {exc}") from None
     if not status.checkpoints or status.snapshot_uri is None:
         raise invalid(f"run {req.run_id!r} has no committed checkpoint yet")
-    present = await asyncio.to_thread(
-        lambda: [c for c in status.checkpoints if not c.deleted and storage.exists(c.uri)]
-    )
+    there = await asyncio.to_thread(present, status, storage.exists)
     try:
-        chosen = choose(status, present, req.checkpoint_step, best=False)
+        chosen = choose(status, there, req.checkpoint_step, best=False)
     except ValueError as exc:
         raise invalid(str(exc)) from None
     return RunArtifacts(checkpoint=chosen, snapshot_uri=status.snapshot_uri, kind=status.kind)

@@ -4,8 +4,9 @@ An attempt reattaches to the run's Ray job if it is still alive (the previous at
 the run), or submits a new job that resumes from the newest checkpoint in the run's ledger. While the job runs it
 mirrors every checkpoint Ray commits into a CheckpointInfo signal, applies `keep_last` (plus the best checkpoint)
 across all the run's jobs (the ledger marks every deletion: before it happens for older jobs' checkpoints, on the
-next poll for those the running job prunes itself), heartbeats progress, and fails retryably when the step stops advancing. An unreachable Ray Jobs API or Temporal server is waited out inside
-the attempt, visibly (`ttrain status` shows what is waited for, and since when), for up to `cluster_wait_s`.
+next poll for those the running job prunes itself), heartbeats progress, and fails retryably when the step stops
+advancing. An unreachable Ray Jobs API or Temporal server is waited out inside the attempt, visibly (`ttrain
+status` shows what is waited for, and since when), for up to `cluster_wait_s`.
 
 A ladder segment's job that reaches its rung waits there (`park_s`) after committing the rung checkpoint: the attempt
 returns the rung's result at once, and if the trial is promoted meanwhile, the next segment's first attempt hands
