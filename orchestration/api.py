@@ -111,7 +111,7 @@ class AsyncTtrain:
     async def export(
         self, run_id: str, directory: str | Path, checkpoint_step: int | None = None, best: bool = True
     ) -> Exported:
-        return await export(self.client, run_id, directory, checkpoint_step, best)
+        return await export(self.client, run_id, export_target(directory), checkpoint_step, best)
 
     async def infer(
         self,
@@ -356,13 +356,17 @@ async def execute(client: Client, settings: Settings, run, req, workflow_id: str
         raise CliError(f"{what} failed: {root_message(exc)}") from None
 
 
-async def export(client: Client, run_id: str, directory: str | Path, step: int | None, best: bool) -> Exported:
-    """The run's checkpoint at `step`, else its best (else its newest), copied into `directory` for code of the
-    user's own (`orchestration.export`)."""
+def export_target(directory: str | Path) -> Path:
+    """Where an export goes, refused (a URI, a folder with files) before anything connects."""
     try:
-        target = check_target(directory)
+        return check_target(directory)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+
+
+async def export(client: Client, run_id: str, target: Path, step: int | None, best: bool) -> Exported:
+    """The run's checkpoint at `step`, else its best (else its newest), copied into `target` (`export_target`) for
+    code of the user's own (`orchestration.export`)."""
     status, _ = await run_status(client, run_id)
     config = await query(client, run_id, CheckpointedTrainingWorkflow.config, "run")
 

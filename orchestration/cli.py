@@ -24,6 +24,7 @@ from orchestration.api import (
     evaluate,
     experiments_request,
     export,
+    export_target,
     infer,
     launch_experiments,
     launch_sweep,
@@ -182,7 +183,8 @@ async def cmd_eval(args, settings: Settings) -> int:
 
 async def cmd_export(args, settings: Settings) -> int:
     step, best = args.checkpoint
-    exported = await export(await connect_client(settings), args.run_id, args.directory, step, best)
+    target = export_target(args.directory)
+    exported = await export(await connect_client(settings), args.run_id, target, step, best)
     if args.json:
         print(exported.model_dump_json())
         return 0

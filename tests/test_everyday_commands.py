@@ -79,3 +79,18 @@ def test_without_a_server_each_says_so_in_one_line(command):
 def test_hostile_ids_are_refused_before_anything_is_asked():
     assert_one_line_error(ttrain("cancel", "../etc"), 2, "id '../etc' is not allowed")
     assert_one_line_error(ttrain("logs", "a/b"), 2, "run id 'a/b' is not allowed")
+
+
+def test_an_export_target_is_refused_before_any_server_is_asked(tmp_path):
+    env = {**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    (tmp_path / "mine.txt").write_text("mine")
+    for target, needle in (("s3://bucket/model", "is a URI"), (str(tmp_path), "is not an empty folder")):
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestration.cli", "export", "some-run", target],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert_one_line_error(out, 1, needle)
+    assert (tmp_path / "mine.txt").read_text() == "mine"
