@@ -20,9 +20,8 @@ from pydantic import BaseModel
 
 from orchestration.types import CheckpointInfo, Model
 from ray_jobs import storage
-from ray_jobs.checkpointing import STATE_FILE
+from ray_jobs.checkpointing import RESUME_ONLY
 
-RESUME_ONLY = {"optimizer.pt", "scheduler.pt", STATE_FILE}
 MANIFEST = "ttrain_export.json"
 
 

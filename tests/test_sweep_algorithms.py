@@ -253,8 +253,8 @@ def test_gc_keeps_the_best_and_everything_that_may_still_be_promoted():
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])
-def test_a_tpe_proposal_carries_a_bounded_history_with_the_best_and_the_newest(mode):
-    from orchestration.sweeps.trials import TPE_GOOD, RungResult, Trial, TrialTable, tpe_history
+def test_a_tpe_proposal_carries_a_bounded_history_with_the_best_and_the_newest(mode, monkeypatch):
+    from orchestration.sweeps.trials import TPE_GOOD, RungResult, Trial, TrialTable
 
     rng = random.Random(0)
     trials = [
@@ -262,15 +262,58 @@ def test_a_tpe_proposal_carries_a_bounded_history_with_the_best_and_the_newest(m
         for i in range(3_000)
     ] + [Trial(index=3_000, run_id="t3000", params={"i": 3_000})]  # no result yet: not history
     table = TrialTable.of(trials)
-    assert len(tpe_history(TrialTable.of(trials[:900]), mode, limit=1_000)) == 900  # under the bound: all of it
-    kept = tpe_history(table, mode, limit=1_000)
+    assert len(TrialTable.of(trials[:900]).tpe_history(mode, limit=1_000)) == 900  # under the bound: all of it
+    kept = table.tpe_history(mode, limit=1_000)
     assert len(kept) == 1_000
     indices = [params["i"] for params, _ in kept]
     assert indices == sorted(indices)  # trial order
     ranked = sorted(trials[:3_000], key=lambda t: t.results[0].score, reverse=mode == "max")
     assert {t.index for t in ranked[:TPE_GOOD]} <= set(indices)  # the good set TPE builds is all there
     assert set(range(2_100, 3_000)) <= set(indices)  # then the newest
-    assert len(tpe_history(table, mode, limit=TPE_GOOD)) == TPE_GOOD
+    assert len(table.tpe_history(mode, limit=TPE_GOOD)) == TPE_GOOD
+
+    read = []  # a proposal reads the trials it carries, not the whole sweep: its cost stays flat as the sweep grows
+    positions = TrialTable.positions
+    monkeypatch.setattr(TrialTable, "positions", lambda self, i: read.append(i) or positions(self, i))
+    assert len(table.tpe_history(mode, limit=100)) == 100 and len(read) == 100
+
+
+def scanned_tpe_history(table, mode: str, limit: int) -> list[tuple[dict, float]]:
+    """The history as a scan of the whole sweep picks it (what a proposal cost before): the reference."""
+    from orchestration.sweeps.trials import TPE_GOOD
+
+    scored = [(table.params[i], table.result_score[p[0]]) for i in range(len(table)) if (p := table.positions(i))]
+    if len(scored) <= limit:
+        return scored
+    sign = -1.0 if mode == "max" else 1.0
+    keep = set(sorted(range(len(scored)), key=lambda i: sign * scored[i][1])[:TPE_GOOD])
+    newest = (i for i in range(len(scored) - 1, -1, -1) if i not in keep)
+    keep.update(next(newest) for _ in range(limit - len(keep)))
+    return [scored[i] for i in sorted(keep)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_tpe_history_kept_as_results_arrive_is_the_one_a_scan_of_the_sweep_picks(seed):
+    """First results arrive out of trial order, later rungs and unscored trials mix in, scores tie (a coarse metric),
+    and a reloaded table (a new execution) must pick the same history as the one that recorded them."""
+    from orchestration.sweeps.trials import RungResult, TrialTable
+
+    rng = random.Random(seed)
+    table = TrialTable()
+    for i in range(400):
+        table.add(f"t{i:04d}", {"i": i})
+    pending = list(range(400))
+    rng.shuffle(pending)
+    for i in pending[:350]:
+        table.record(i, RungResult(rung=0, steps=10, score=rng.randint(0, 20) / 20))
+        if rng.random() < 0.3:
+            table.record(i, RungResult(rung=1, steps=30, score=rng.random()))
+    reloaded = TrialTable.model_validate_json(table.model_dump_json())
+    for mode in ("max", "min"):
+        for limit in (25, 60, 349, 350, 1_000):
+            expected = scanned_tpe_history(table, mode, limit)
+            assert table.tpe_history(mode, limit) == expected
+            assert reloaded.tpe_history(mode, limit) == expected
 
 
 @pytest.mark.parametrize("task", ["reviews", "fashion-mnist"])
@@ -283,13 +326,17 @@ def test_a_proxy_trial_resumed_from_its_rung_checkpoint_trains_as_an_uninterrupt
     assert resumed == train_segment(str(tmp_path / "b.npz"), params, 7, 0, 90, 90, task)
 
 
+@pytest.mark.parametrize("by_index", [True, False], ids=["ladder by index", "by run id (replay)"])
 @pytest.mark.parametrize("rule", ["strict", "lenient"])
-def test_a_sweep_saved_as_a_trial_table_resumes_as_the_sweep_saved_as_trial_records(rule):
+def test_a_sweep_saved_as_a_trial_table_resumes_as_the_sweep_saved_as_trial_records(rule, by_index, monkeypatch):
     """A new execution loads the trial table (columns) instead of one record per trial, so 100,000 trials load
     within a workflow task. A sweep saved before that (records) and the same sweep saved as a table give the
     same trials, the same ladder and the same leaderboard once loaded; and the table keeps the lenient rule's
-    answers, which the records could only re-derive by replaying every result in order."""
+    answers, which the records could only re-derive by replaying every result in order. Loaded outside a workflow,
+    so the patch that keys the ladder by index is answered here, both ways."""
     from datetime import datetime, timedelta, timezone
+
+    from temporalio import workflow
 
     from orchestration.sweeps.models import SweepSpec, SweepState
     from orchestration.sweeps.trials import RungResult, Trial
@@ -329,6 +376,8 @@ def test_a_sweep_saved_as_a_trial_table_resumes_as_the_sweep_saved_as_trial_reco
                 error="boom" if state == "failed" else None,
             )
         )
+
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: by_index)
 
     def load(state: SweepState) -> SweepWorkflow:
         wf = object.__new__(SweepWorkflow)

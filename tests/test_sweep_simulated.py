@@ -52,10 +52,10 @@ def spec(**kw) -> SweepSpec:
 
 
 async def run_sweeps(
-    specs: list[SweepSpec], storage: Path, converter: DataConverter = pydantic_data_converter
+    specs: list[SweepSpec | SweepState], storage: Path, converter: DataConverter = pydantic_data_converter
 ) -> list[tuple[SweepState, list]]:
-    """Run sweeps on a fresh dev server; returns each final state and the histories of all its runs (as the server
-    keeps them: payloads encoded)."""
+    """Run sweeps (from their start, or from a given state) on a fresh dev server; returns each final state and the
+    histories of all its runs (as the server keeps them: payloads encoded)."""
     temporal = str(Path(sys.executable).parent / "temporal")
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal, data_converter=converter, search_attributes=SEARCH_ATTRIBUTES
@@ -69,16 +69,16 @@ async def run_sweeps(
             max_concurrent_activities=64,
         ):
             out = []
-            for s in specs:
-                state = SweepState(spec=s, options=RunOptions(storage_uri=str(storage)))
+            for given in specs:
+                options = RunOptions(storage_uri=str(storage))
+                state = given if isinstance(given, SweepState) else SweepState(spec=given, options=options)
+                s = state.spec
                 handle = await env.client.start_workflow(SweepWorkflow.run, state, id=s.id, task_queue=queue)
                 final = await handle.result()
                 attrs = (await handle.describe()).typed_search_attributes
-                best = max(
-                    t.results[-1].score
-                    for t in final.trials
-                    if t.results and len(t.results) == max(len(x.results) for x in final.trials)
-                )
+                trials = final.trials  # built from the table at each read
+                top = max(len(t.results) for t in trials)
+                best = max(t.results[-1].score for t in trials if t.results and len(t.results) == top)
                 assert attrs.get(BEST_SCORE) == best  # the UI can list sweeps by their best score
                 histories = []
                 async for wf in env.client.list_workflows(f"WorkflowId = '{s.id}'"):
@@ -129,6 +129,26 @@ def test_a_sweep_state_past_the_payload_limit_travels_as_a_claim_check(tmp_path)
     assert len(list((tmp_path / "payloads").iterdir())) >= state.generation
 
 
+def test_equal_scores_go_to_the_lower_trial_index_past_t9999(tmp_path):
+    """Run ids sort as strings ("t10000" before "t9999"): the ladder must rank trials by index. A sweep of 10,001
+    trials at rung 0, two of them tied at the top, and a budget left for one promotion: the lower index climbs."""
+    from orchestration.payloads import data_converter
+    from orchestration.sweeps.trials import RungResult, TrialTable
+
+    n, tied = 10_001, (9_999, 10_000)
+    s = spec(trials=n, max_concurrency=1, ladder={"min_steps": 10, "max_steps": 30, "eta": 3})
+    s.max_total_steps = n * 10 + 20  # what is spent, and one promotion from 10 to 30 steps
+    table = TrialTable()
+    for i in range(n):
+        table.add(f"{s.id}-t{i:04d}", {"lr": 1e-4, "weight_decay": 0.0})
+        table.record(i, RungResult(rung=0, steps=10, score=0.9 if i in tied else 0.1, steps_spent=(i + 1) * 10))
+        table.state[i] = "waiting"
+    options = RunOptions(storage_uri=str(tmp_path))
+    state = SweepState(spec=s, options=options, table=table, steps_used=n * 10, steps_done=n * 10)
+    ((final, _),) = run(run_sweeps([state], tmp_path, data_converter(str(tmp_path))))
+    assert [t.index for t in final.trials if len(t.results) == 2] == [tied[0]]
+
+
 def test_same_seed_same_decisions_and_replay(tmp_path):
     # one at a time, results arrive in the same order: the same seed must then give the same sweep
     s1, s2 = spec(id="det-a", max_concurrency=1), spec(id="det-b", max_concurrency=1)
@@ -159,7 +179,7 @@ def test_same_seed_same_decisions_and_replay(tmp_path):
 def test_a_lenient_ladder_decides_the_same_across_continue_as_new(tmp_path):
     """The lenient rule depends on the order results arrived in: a new execution must rebuild it in that order."""
     ladder = {"min_steps": 10, "max_steps": 270, "eta": 3, "rule": "lenient"}
-    once, many = (spec(ladder=ladder, max_concurrency=1, history_limit=h) for h in (4000, 200))
+    once, many = (spec(ladder=ladder, max_concurrency=1, trials=50, history_limit=h) for h in (4000, 200))
     (a, _), (b, hist_b) = run(run_sweeps([once, many], tmp_path))
     assert b.generation >= 2 and len(hist_b) == b.generation + 1
 
@@ -291,6 +311,10 @@ def test_continue_as_new_keeps_trials_running_and_every_slot_busy(tmp_path):
         assert [r.rung for r in t.results] == list(range(len(t.results)))
     assert state.steps_done == sum(t.results[-1].steps for t in state.trials)  # no segment counted twice
     assert state.live == [], "the final state lists segments that reported long ago: extending it would hang"
+    signalled = [
+        e for h in histories for e in h.events if e.workflow_execution_signaled_event_attributes.signal_name
+    ]  # a segment reports by signal only when the execution that started it has closed: one workflow task less
+    assert 0 < len(signalled) <= sum(len(_started_with(h).live) for h in histories)
     usage = slot_usage(state)
     assert usage.longest_idle_s <= 1.0, f"a slot idled {usage.longest_idle_s:.2f}s (a drain?)"
     assert usage.utilization >= 0.85, usage
@@ -301,35 +325,49 @@ def _started_with(history) -> SweepState:
     return SweepState.model_validate_json(payload.data)
 
 
-def test_a_segments_report_refused_while_the_sweep_continues_as_new_is_sent_again():
-    """The server refuses signals to a workflow that is closing its execution; the report is the only way the
-    segment's result reaches the next execution, so it is sent again (before, the slot waited minutes for the
-    segment to be re-issued)."""
+class FakeSweepServer:
+    """What a segment's report meets: its activity's own completion (refused NOT_FOUND when `closed`, as the server
+    answers once the execution that started it has continued as new), then signals to the sweep's current execution,
+    the first `closing` of them refused while that execution is itself closing."""
+
+    def __init__(self, closed: bool, closing: int = 0) -> None:
+        from temporalio.service import RPCError, RPCStatusCode
+
+        self.completed: list = []
+        self.sent: list[str] = []
+        server = self
+
+        class Activity:
+            async def complete(self, result) -> None:
+                if closed:
+                    raise RPCError("invoking workflow is completed", RPCStatusCode.NOT_FOUND, b"")
+                server.completed.append(result)
+
+        class Handle:
+            async def signal(self, name: str, report) -> None:
+                server.sent.append(report.segment_id)
+                if len(server.sent) <= closing:
+                    raise RPCError("workflow is closing", RPCStatusCode.RESOURCE_EXHAUSTED, b"")
+
+        self.activity_handle, self.workflow_handle = Activity(), Handle()
+
+    def get_async_activity_handle(self, task_token: bytes):
+        return self.activity_handle
+
+    def get_workflow_handle(self, *args, **kw):
+        return self.workflow_handle
+
+
+def report_through(server: FakeSweepServer):
     import asyncio
 
-    from temporalio.service import RPCError, RPCStatusCode
+    from temporalio import activity
     from temporalio.testing import ActivityEnvironment
 
     from orchestration.activities.sweeps import reported
     from orchestration.sweeps.models import TrialSegment
     from orchestration.sweeps.trials import RungResult, Trial
     from ray_jobs.specs import FineTuneConfig
-
-    sent: list[str] = []
-
-    class Handle:
-        async def signal(self, name: str, report) -> None:
-            sent.append(report.segment_id)
-            if len(sent) < 3:
-                raise RPCError(
-                    "workflow operation can not be applied because workflow is closing",
-                    RPCStatusCode.RESOURCE_EXHAUSTED,
-                    b"",
-                )
-
-    class Client:
-        def get_workflow_handle(self, *args, **kw) -> Handle:
-            return Handle()
 
     seg = TrialSegment(
         sweep_id="s",
@@ -340,5 +378,20 @@ def test_a_segments_report_refused_while_the_sweep_continues_as_new_is_sent_agai
         segment_id="s-t0000-r0",
     )
     result = RungResult(rung=0, steps=10, score=0.5)
-    assert asyncio.run(ActivityEnvironment(client=Client()).run(reported, seg, result)) == result
-    assert sent == ["s-t0000-r0"] * 3
+    with pytest.raises(activity._CompleteAsyncError):  # the SDK must not complete it a second time
+        asyncio.run(ActivityEnvironment(client=server).run(reported, seg, result))
+    return result
+
+
+def test_a_segment_reports_through_its_own_activity_while_its_execution_runs():
+    server = FakeSweepServer(closed=False)
+    assert server.completed == [report_through(server)] and server.sent == []
+
+
+def test_a_segments_report_refused_while_the_sweep_continues_as_new_is_sent_again():
+    """The execution that started the segment has closed: the report is the only way the segment's result reaches
+    the next one. The server refuses signals to a workflow that is closing its execution, so it is sent again
+    (before, the slot waited minutes for the segment to be re-issued)."""
+    server = FakeSweepServer(closed=True, closing=2)
+    report_through(server)
+    assert server.completed == [] and server.sent == ["s-t0000-r0"] * 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from typing import NoReturn
 
 from temporalio import activity
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -59,13 +60,24 @@ def _closing(exc: BaseException) -> bool:
     return isinstance(exc, RPCError) and exc.status == RPCStatusCode.RESOURCE_EXHAUSTED
 
 
-async def reported(seg: TrialSegment, result: RungResult) -> RungResult:
-    """The result goes back to the sweep execution that started the segment, and by signal to the sweep's current
-    execution: if the first has continued as new before this completion reaches it (which no check made here can
-    rule out), the signal is the only way the result arrives. So a signal refused while the sweep is closing one
-    execution is sent again to the next (else the segment is lost until it is re-issued, minutes later). The sweep
-    takes a segment's end once."""
-    handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+async def reported(seg: TrialSegment, result: RungResult) -> NoReturn:
+    """Completes the segment's activity itself, by its task token: the execution that started the segment takes the
+    result. If that execution has continued as new meanwhile (which no check made before could rule out), the server
+    answers NOT_FOUND and the result goes by signal to the sweep's current execution, which adopted the segment. A
+    signal refused while the sweep is closing an execution is sent again to the next (else the segment is lost until
+    it is re-issued, minutes later). Signalling every result instead cost each segment a second workflow task: a
+    third of a simulated sweep's events (bench/sweep_scale.py)."""
+    client, info = activity.client(), activity.info()
+    try:
+        await client.get_async_activity_handle(task_token=info.task_token).complete(result)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        await _signal_current(client.get_workflow_handle(info.workflow_id), seg, result)
+    activity.raise_complete_async()  # completed above, or handed to the next execution: nothing left to send
+
+
+async def _signal_current(handle, seg: TrialSegment, result: RungResult) -> None:
     report = SegmentReport(segment_id=seg.segment_id, result=result)
     try:
         async for attempt in AsyncRetrying(
@@ -79,7 +91,6 @@ async def reported(seg: TrialSegment, result: RungResult) -> RungResult:
     except RPCError as exc:  # the sweep has closed (this was a re-issued segment's late twin): nobody to tell
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
-    return result
 
 
 @activity.defn
@@ -99,7 +110,7 @@ async def proxy_segment(seg: TrialSegment) -> RungResult:
         seg.config.max_steps or seg.stop_at_step,
         seg.proxy_task,
     )
-    return await reported(seg, RungResult(rung=seg.trial.rung, steps=steps, score=score))
+    await reported(seg, RungResult(rung=seg.trial.rung, steps=steps, score=score))
 
 
 @activity.defn
@@ -108,7 +119,7 @@ async def simulate_segment(seg: TrialSegment) -> RungResult:
     start = seg.trial.latest.steps if seg.trial.latest else 0
     await asyncio.sleep((seg.stop_at_step - start) * seg.simulated_step_ms / 1000)
     score = synthetic_score(seg, seg.config.seed)
-    return await reported(seg, RungResult(rung=seg.trial.rung, steps=seg.stop_at_step, score=score))
+    await reported(seg, RungResult(rung=seg.trial.rung, steps=seg.stop_at_step, score=score))
 
 
 def plot(req: PlotRequest) -> str:

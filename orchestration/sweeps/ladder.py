@@ -8,7 +8,7 @@ Rungs sit at min_budget * eta^k training steps. Two promotion rules:
 - lenient (Ray Tune's `ASHAScheduler`): the decision is made once, when the result arrives: the trial goes on unless
   its score falls below the (1 - 1/eta) quantile of the results the rung had before it. Early trials climb at once,
   so the top rung is reached sooner, on less evidence.
-Pure and deterministic (ties go to the lower trial id), so a workflow can call it and replay the same promotions;
+Pure and deterministic (ties go to the lower trial key), so a workflow can call it and replay the same promotions;
 the lenient rule depends on the order results arrive in, so a rebuild records them in that order. Each rung keeps
 its results ranked and its promotable trials ranked, both as sorted lists kept by insertion, so a decision costs the
 same at 100 results as at 100,000 (a sweep asks for one after every result).
@@ -20,6 +20,10 @@ import bisect
 import math
 from collections.abc import Iterable
 from typing import Literal
+
+# How the ladder knows a trial: the sweep passes its index (run ids, in sweeps started before, stopped sorting in trial
+# order past t9999). Ties go to the lower key.
+TrialKey = int | str
 
 
 class Ladder:
@@ -46,17 +50,17 @@ class Ladder:
             budgets.append(b)
             b *= eta
         self.budgets: list[int] = [*budgets, max_budget]
-        self._scores: list[dict[str, float]] = [{} for _ in self.budgets]  # rung → trial → score
-        self._ranked: list[list[tuple[float, str]]] = [[] for _ in self.budgets]  # rung → (rank key, trial), best first
-        self._waiting: list[list[tuple[float, str]]] = [[] for _ in self.budgets]  # rung → promotable, ranked
-        self._promoted: list[set[str]] = [set() for _ in self.budgets]  # rung → trials promoted out of it
-        self._peeked: tuple[str, int] | bool | None = False  # cached `peek`; False: recompute (callers poll it)
+        self._scores: list[dict[TrialKey, float]] = [{} for _ in self.budgets]  # rung → trial → score
+        self._ranked: list[list[tuple[float, TrialKey]]] = [[] for _ in self.budgets]  # rung → ranked, best first
+        self._waiting: list[list[tuple[float, TrialKey]]] = [[] for _ in self.budgets]  # rung → promotable, ranked
+        self._promoted: list[set[TrialKey]] = [set() for _ in self.budgets]  # rung → trials promoted out of it
+        self._peeked: tuple[TrialKey, int] | bool | None = False  # cached `peek`; False: recompute (callers poll it)
 
     @property
     def top_rung(self) -> int:
         return len(self.budgets) - 1
 
-    def record(self, trial: str, rung: int, score: float) -> bool:
+    def record(self, trial: TrialKey, rung: int, score: float) -> bool:
         """Whether the rule lets the trial climb from this result (strict: always; lenient: if it clears the
         cutoff now). A saved sweep keeps that answer: `restore` cannot re-derive it without the arrival order."""
         if not 0 <= rung <= self.top_rung:
@@ -72,7 +76,9 @@ class Ladder:
         self._peeked = False
         return climbs
 
-    def restore(self, results: Iterable[tuple[str, int, float, bool]], promoted: Iterable[tuple[str, int]]) -> None:
+    def restore(
+        self, results: Iterable[tuple[TrialKey, int, float, bool]], promoted: Iterable[tuple[TrialKey, int]]
+    ) -> None:
         """Rebuild from a saved sweep in one sort per rung: (trial, rung, score, climbs) for every result, and
         (trial, rung) for every promotion. The same ladder as recording them one by one, at a fraction of the cost
         (a new execution must load 100,000 trials within a workflow task's 2 s)."""
@@ -93,8 +99,8 @@ class Ladder:
                 ranked.sort()
         self._peeked = False
 
-    def _entry(self, trial: str, score: float) -> tuple[float, str]:
-        """How a result ranks: best first, ties to the lower trial id."""
+    def _entry(self, trial: TrialKey, score: float) -> tuple[float, TrialKey]:
+        """How a result ranks: best first, ties to the lower trial key."""
         return -score if self.mode == "max" else score, trial
 
     def _clears_cutoff(self, rung: int, score: float) -> bool:
@@ -117,11 +123,11 @@ class Ladder:
         cutoff = b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
         return (score if self.mode == "max" else -score) >= cutoff
 
-    def mark_promoted(self, trial: str, rung: int) -> None:
+    def mark_promoted(self, trial: TrialKey, rung: int) -> None:
         """Rebuilding from a saved state: `trial` already went up from `rung`."""
         self._promote(trial, rung)
 
-    def _promote(self, trial: str, rung: int) -> None:
+    def _promote(self, trial: TrialKey, rung: int) -> None:
         self._promoted[rung].add(trial)
         if (score := self._scores[rung].get(trial)) is not None:
             waiting = self._waiting[rung]
@@ -130,13 +136,13 @@ class Ladder:
                 del waiting[i]
         self._peeked = False
 
-    def peek(self) -> tuple[str, int] | None:
+    def peek(self) -> tuple[TrialKey, int] | None:
         """(trial, next rung) for the best not-yet-promoted trial that the rule lets climb, highest rung first."""
         if self._peeked is False:
             self._peeked = self._find()
         return self._peeked  # type: ignore[return-value]
 
-    def _find(self) -> tuple[str, int] | None:
+    def _find(self) -> tuple[TrialKey, int] | None:
         """Strict: the best waiting trial, if it is within the rung's top 1/eta; lenient: the best that passed."""
         for rung in range(self.top_rung - 1, -1, -1):
             waiting = self._waiting[rung]
@@ -149,14 +155,14 @@ class Ladder:
             return waiting[0][1], rung + 1
         return None
 
-    def promotion(self) -> tuple[str, int] | None:
+    def promotion(self) -> tuple[TrialKey, int] | None:
         """Like `peek`, and the trial counts as promoted from then on."""
         found = self.peek()
         if found is not None:
             self._promote(found[0], found[1] - 1)
         return found
 
-    def best(self) -> tuple[str, int, float] | None:
+    def best(self) -> tuple[TrialKey, int, float] | None:
         """(trial, rung, score) at the highest rung reached by anyone."""
         for rung in range(self.top_rung, -1, -1):
             results = self._scores[rung]

@@ -8,6 +8,8 @@ is built only for what leaves the workflow: a segment's input, a leaderboard pag
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -17,6 +19,12 @@ from orchestration.types import CheckpointInfo, Model
 from ray_jobs.specs import Identifier
 
 TrialState = Literal["running", "waiting", "completed", "failed"]
+
+# Results a TPE proposal carries at most: its cost stays flat however long the sweep. Optuna's TPE splits the
+# history into a "good" set of at most 25 (gamma) and the rest, weighting older trials down: the 25 best and the
+# newest others keep what it looks at.
+TPE_HISTORY = 1_000
+TPE_GOOD = 25
 
 
 class RungResult(Model):
@@ -77,12 +85,22 @@ class TrialTable(Model):
     # ints: a list per trial made the garbage collector walk 100,000 more containers at every load.
     _last: list[int] = PrivateAttr(default_factory=list)
     _before: list[int] = PrivateAttr(default_factory=list)
+    # What a TPE proposal learns from, kept as results come in so a proposal never scans the sweep: trials with a
+    # first result in index order, and the TPE_GOOD best first scores per mode as (signed score, trial), best first.
+    _scored: list[int] = PrivateAttr(default_factory=list)
+    _good: dict[str, list[tuple[float, int]]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: object, /) -> None:
-        last, before = [-1] * len(self.run_id), [-1] * len(self.result_trial)
+        last, before, first = [-1] * len(self.run_id), [-1] * len(self.result_trial), {}
         for position, trial in enumerate(self.result_trial):
             before[position], last[trial] = last[trial], position
-        self._last, self._before = last, before
+            first.setdefault(trial, position)
+        self._last, self._before, self._scored = last, before, sorted(first)
+        score = self.result_score
+        self._good = {
+            mode: heapq.nsmallest(TPE_GOOD, ((sign * score[p], t) for t, p in first.items()))
+            for mode, sign in (("max", -1.0), ("min", 1.0))
+        }
 
     @classmethod
     def of(cls, trials: list[Trial]) -> TrialTable:
@@ -124,6 +142,12 @@ class TrialTable(Model):
         self.result_climbs.append(climbs)
         if result.checkpoint is not None:
             self.checkpoint[position] = result.checkpoint
+        if self._last[index] < 0:  # the trial's first result
+            bisect.insort(self._scored, index)
+            for mode, sign in (("max", -1.0), ("min", 1.0)):
+                good = self._good[mode]
+                bisect.insort(good, (sign * result.score, index))
+                del good[TPE_GOOD:]
         self._before.append(self._last[index])
         self._last[index] = position
 
@@ -181,24 +205,18 @@ class TrialTable(Model):
     def unscored(self) -> list[int]:
         return [i for i, p in enumerate(self._last) if p < 0]
 
-
-# Results a TPE proposal carries at most: its cost stays flat however long the sweep. Optuna's TPE splits the
-# history into a "good" set of at most 25 (gamma) and the rest, weighting older trials down: the 25 best and the
-# newest others keep what it looks at.
-TPE_HISTORY = 1_000
-TPE_GOOD = 25
-
-
-def tpe_history(table: TrialTable, mode: str, limit: int = TPE_HISTORY) -> list[tuple[dict, float]]:
-    """(params, first score) of the trials a proposal learns from, in trial order: all of them up to `limit`."""
-    scored = [(table.params[i], table.result_score[p[0]]) for i in range(len(table)) if (p := table.positions(i))]
-    if len(scored) <= limit:
-        return scored
-    sign = -1.0 if mode == "max" else 1.0
-    keep = set(sorted(range(len(scored)), key=lambda i: sign * scored[i][1])[:TPE_GOOD])
-    newest = (i for i in range(len(scored) - 1, -1, -1) if i not in keep)
-    keep.update(next(newest) for _ in range(limit - len(keep)))
-    return [scored[i] for i in sorted(keep)]
+    def tpe_history(self, mode: str, limit: int = TPE_HISTORY) -> list[tuple[dict, float]]:
+        """(params, first score) of the trials a proposal learns from, in trial order: all of them up to `limit`,
+        past it the TPE_GOOD best and the newest others. Read from what `record` keeps: never a scan of the sweep."""
+        keep: set[int] | list[int] = self._scored
+        if len(self._scored) > limit:
+            keep = {trial for _, trial in self._good[mode]}
+            for trial in reversed(self._scored):
+                if len(keep) >= limit:
+                    break
+                keep.add(trial)
+            keep = sorted(keep)
+        return [(self.params[t], self.result_score[self.positions(t)[0]]) for t in keep]
 
 
 def gc_candidates(table: TrialTable, top_rung: int, best: int | None) -> list[str]:

@@ -42,13 +42,14 @@ with workflow.unsafe.imports_passed_through():
         check_trials,
     )
     from orchestration.sweeps.space import apply
-    from orchestration.sweeps.trials import RungResult, Trial, gc_candidates, tpe_history
+    from orchestration.sweeps.trials import RungResult, Trial, gc_candidates
     from orchestration.types import RunReport, TrainingRequest, TrainingResult
     from orchestration.workflows.coordinator import CHILD
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
     from ray_jobs import storage
 
 LIVE_HANDOVER = "live-handover"  # the patch that ended the drain before continue-as-new
+LADDER_BY_INDEX = "ladder-ties-by-trial-index"
 CANCEL_WAITS_FOR_CHILDREN = "cancel-waits-for-children"
 CHILDREN_CLOSE_WITHIN = timedelta(minutes=10)  # each stops its Ray jobs first: seconds, unless Ray is down
 ACTIVITY = {
@@ -84,18 +85,23 @@ class SweepWorkflow:
         else:
             budget = spec.base.max_steps
             self.ladder = Ladder(budget or 1, budget or 1, 2, spec.mode)
+        # The ladder knows trials by index, so equal scores go to the lower index at any size. Executions before
+        # this patch knew them by run id, whose string order leaves trial order past t9999: they replay with it. A
+        # new execution rebuilds the ladder from the table, so a sweep switches at its next continue-as-new.
+        self.by_index = workflow.patched(LADDER_BY_INDEX)
+        keys = range(len(table)) if self.by_index else table.run_id
         # rebuild the ladder's bookkeeping from the carried table
-        runs = [table.run_id[i] for i in table.result_trial]
-        results = list(zip(runs, table.result_rung, table.result_score, strict=True))
-        promoted = [(table.run_id[i], rung) for i in range(len(table)) for rung in range(table.rung[i])]
+        arrived = zip(table.result_trial, table.result_rung, table.result_score, strict=True)
+        results = [(keys[i], rung, score) for i, rung, score in arrived]
+        promoted = [(keys[i], rung) for i in range(len(table)) for rung in range(table.rung[i])]
         if len(table.result_climbs) == len(results):
             self.ladder.restore(
                 ((*r, climbs) for r, climbs in zip(results, table.result_climbs, strict=True)), promoted
             )
         else:  # saved before the table kept the rule's answers: ask again, in the order the results came in
             table.result_climbs = [self.ladder.record(*r) for r in results]
-            for run_id, rung in promoted:
-                self.ladder.mark_promoted(run_id, rung)
+            for key, rung in promoted:
+                self.ladder.mark_promoted(key, rung)
         self.best_key = max((self._rank(rung, score) for _, rung, score in results), default=None)
         handed_over = {seg.run_id for seg in state.live}
         for i, trial_state in enumerate(table.state):
@@ -175,8 +181,8 @@ class SweepWorkflow:
     async def _next_segment(self) -> TrialSegment | None:
         promoted = None if self._over_budget() else self.ladder.promotion()
         if promoted is not None:
-            run_id, rung = promoted
-            index = self.index_of[run_id]
+            key, rung = promoted
+            index = key if self.by_index else self.index_of[key]
             self.table.rung[index], self.table.state[index] = rung, "running"
         elif self._new_trials_left():
             index = await self._new_trial()
@@ -221,7 +227,7 @@ class SweepWorkflow:
         note = None
         seeded = random.Random(spec.seed * 1_000_003 + index)
         if spec.strategy == "tpe":
-            history = tpe_history(self.table, spec.mode)  # one budget: rung 0; bounded
+            history = self.table.tpe_history(spec.mode)  # one budget: rung 0; bounded
             try:
                 params = await workflow.execute_activity(
                     "propose_tpe",
@@ -287,7 +293,8 @@ class SweepWorkflow:
         result = result.model_copy(
             update={"steps_spent": self.s.steps_done, "started_at": live.started_at, "finished_at": workflow.now()}
         )
-        table.record(index, result, self.ladder.record(live.run_id, result.rung, result.score))
+        climbs = self.ladder.record(index if self.by_index else live.run_id, result.rung, result.score)
+        table.record(index, result, climbs)
         table.state[index] = "completed" if table.rung[index] == self.ladder.top_rung else "waiting"
         self._ranking = None
         self._publish_best(result)
