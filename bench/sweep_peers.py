@@ -1,4 +1,6 @@
-"""ttrain's ladder (strict and lenient) and TPE against Ray Tune (ASHAScheduler) and Optuna (TPE + HyperbandPruner).
+"""ttrain's sweeps against Ray Tune (ASHAScheduler) and Optuna (TPE + HyperbandPruner) on the same proxy tasks.
+
+ttrain runs its ladder (strict and lenient rules) and TPE, with and without the ladder.
 
 The same task, search space, rungs (90 / 270 / 810 steps, eta 3), concurrency (4) and training-step budget for all,
 over several seeds, on both proxy tasks (`orchestration/sweeps/proxy.py`): `reviews` (early rungs carry little
@@ -49,22 +51,23 @@ SPACE = {
     "weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-2},
     "batch_size": {"type": "choice", "values": [16, 32, 64]},
 }
-TTRAIN = {
-    "ttrain ladder": ("ladder", "strict"),
-    "ttrain ladder lenient": ("ladder", "lenient"),
-    "ttrain tpe+ladder": ("tpe", "strict"),
+TTRAIN = {  # strategy, ladder rule, whether trials climb a ladder
+    "ttrain ladder": ("ladder", "strict", True),
+    "ttrain ladder lenient": ("ladder", "lenient", True),
+    "ttrain tpe+ladder": ("tpe", "strict", True),
+    "ttrain tpe": ("tpe", "strict", False),  # no early stopping: every trial trains the full 810 steps
 }
 PEERS = ("ray tune asha", "optuna tpe+hyperband")
 
 
 def ttrain_spec(method: str, task: str, seed: int, budget: int) -> SweepSpec:
-    strategy, rule = TTRAIN[method]
+    strategy, rule, climbs = TTRAIN[method]
     return SweepSpec.model_validate(
         {
             "id": f"peers-{task}-{method.split()[-1].replace('+', '-')}-{rule}-{seed}",
             "strategy": strategy,
-            "ladder": {"min_steps": MIN_STEPS, "max_steps": MAX_STEPS, "eta": ETA, "rule": rule},
-            "tpe_with_ladder": strategy == "tpe",
+            "ladder": {"min_steps": MIN_STEPS, "max_steps": MAX_STEPS, "eta": ETA, "rule": rule} if climbs else None,
+            "tpe_with_ladder": strategy == "tpe" and climbs,
             "space": {"params": SPACE},
             "base": {"max_steps": MAX_STEPS, "seed": seed},
             "trainer": "proxy",

@@ -6,7 +6,8 @@ trial continues its own run from its rung checkpoint (same snapshot, LR schedule
 from zero. The history stays bounded: past a threshold the sweep continues as new carrying the state, and the
 segments still running go on running: each one reports its own end by signal to the sweep's id (a training child
 is started with ParentClosePolicy.ABANDON and signals `run_finished`; a simulated or proxy segment's activity
-signals `segment_finished`), so the next execution adopts them and no slot idles while a long trial finishes.
+signals `segment_finished` when the execution that started it has closed), so the next execution adopts them and no
+slot idles while a long trial finishes.
 Live control: pause / resume / stop signals; add-trials and max-concurrency updates.
 """
 
