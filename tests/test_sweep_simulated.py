@@ -3,6 +3,7 @@ real Temporal dev server: bounded history through continue-as-new, ASHA invarian
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import uuid
@@ -318,6 +319,72 @@ def test_continue_as_new_keeps_trials_running_and_every_slot_busy(tmp_path):
     usage = slot_usage(state)
     assert usage.longest_idle_s <= 1.0, f"a slot idled {usage.longest_idle_s:.2f}s (a drain?)"
     assert usage.utilization >= 0.85, usage
+
+
+def test_results_that_come_with_a_signal_as_the_sweep_continues_as_new_are_taken_not_handed_over(tmp_path):
+    """The SDK applies an activation's signals and checks wait conditions before it applies the activity results that
+    came with them. Here the sweep's workflow worker is down while segments complete their activities and a signal
+    arrives, and those events take the history past its limit: the next execution must start with those results in
+    its table, not with their segments as running (which would idle their slots until re-issued, 5 minutes later)."""
+    import asyncio
+    import math
+
+    from temporalio.api.enums.v1 import EventType
+
+    from orchestration.activities.sweeps import handover_point
+    from orchestration.sweeps.trials import RungResult
+
+    s = spec(trials=500, max_concurrency=100, history_limit=200, simulated_step_ms=60_000)  # segments never end
+    temporal = str(Path(sys.executable).parent / "temporal")
+
+    async def scheduled(handle) -> list[tuple[str, str]]:
+        events = (await handle.fetch_history()).events
+        return [
+            (a.activity_id, json.loads(a.input.payloads[0].data)["segment_id"])
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and (a := e.activity_task_scheduled_event_attributes).activity_type.name == "simulate_segment"
+        ]
+
+    async def go() -> tuple[SweepState, list[str]]:
+        async with await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal,
+            data_converter=pydantic_data_converter,
+            search_attributes=SEARCH_ATTRIBUTES,
+        ) as env:
+            client, queue = env.client, f"settle-{uuid.uuid4().hex[:6]}"
+            # the sweep's own worker, with its local activity only: the other worker runs the segments
+            workflows = {
+                "task_queue": queue,
+                "workflows": [SweepWorkflow],
+                "activities": [handover_point],
+                "no_remote_activities": True,
+            }
+            state = SweepState(spec=s, options=RunOptions(storage_uri=str(tmp_path)))
+            async with Worker(client, task_queue=queue, activities=SWEEP_ACTIVITIES, max_concurrent_activities=200):
+                async with Worker(client, **workflows):
+                    handle = await client.start_workflow(SweepWorkflow.run, state, id=s.id, task_queue=queue)
+                    while len(await scheduled(handle)) < s.max_concurrency:
+                        await asyncio.sleep(0.2)
+                length = len((await handle.fetch_history()).events)  # the workflow worker is down from here
+                assert length < s.history_limit
+                done = (await scheduled(handle))[: math.ceil((s.history_limit - length) / 2) + 5]
+                for activity_id, _ in done:  # each adds its started and completed events
+                    activity = client.get_async_activity_handle(workflow_id=s.id, run_id=None, activity_id=activity_id)
+                    await activity.complete(RungResult(rung=0, steps=10, score=0.5))
+                await handle.signal(SweepWorkflow.resume)
+                async with Worker(client, **workflows):
+                    while len([wf async for wf in client.list_workflows(f"WorkflowId = '{s.id}'")]) < 2:
+                        await asyncio.sleep(0.2)
+                    nxt = _started_with(await client.get_workflow_handle(s.id).fetch_history())
+                    await handle.terminate()
+            return nxt, [segment for _, segment in done]
+
+    nxt, done = run(go())
+    assert nxt.generation == 1
+    assert not {seg.segment_id for seg in nxt.live} & set(done), "completed segments were handed over as running"
+    taken = {t.run_id for t in nxt.trials if t.results}
+    assert {segment.removesuffix("-r0") for segment in done} <= taken
 
 
 def _started_with(history) -> SweepState:

@@ -62,19 +62,18 @@ def _closing(exc: BaseException) -> bool:
 
 async def reported(seg: TrialSegment, result: RungResult) -> NoReturn:
     """Completes the segment's activity itself, by its task token: the execution that started the segment takes the
-    result. If that execution has continued as new meanwhile (which no check made before could rule out), the server
-    answers NOT_FOUND and the result goes by signal to the sweep's current execution, which adopted the segment. A
-    signal refused while the sweep is closing an execution is sent again to the next (else the segment is lost until
-    it is re-issued, minutes later). Signalling every result instead cost each segment a second workflow task: a
-    third of a simulated sweep's events (bench/sweep_scale.py)."""
+    result. If the server refuses (NOT_FOUND: that execution has continued as new, which no check made before could
+    rule out; or any other error), the result goes by signal to the sweep's current execution, which adopted the
+    segment or still runs it: the sweep takes a segment's end once, so a second report is harmless. A signal
+    refused while the sweep is closing an execution is sent again to the next (else the segment is lost until it is
+    re-issued, minutes later). Signalling every result instead cost each segment a second workflow task: a third of
+    a simulated sweep's events (bench/sweep_scale.py)."""
     client, info = activity.client(), activity.info()
     try:
         await client.get_async_activity_handle(task_token=info.task_token).complete(result)
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
+    except RPCError:
         await _signal_current(client.get_workflow_handle(info.workflow_id), seg, result)
-    activity.raise_complete_async()  # completed above, or handed to the next execution: nothing left to send
+    activity.raise_complete_async()  # completed above, or handed to the current execution: nothing left to send
 
 
 async def _signal_current(handle, seg: TrialSegment, result: RungResult) -> None:
@@ -176,5 +175,19 @@ async def missing_search_attributes(names: list[str]) -> list[str]:
     return [n for n in names if n not in known.custom_attributes and n not in known.system_attributes]
 
 
+@activity.defn
+async def handover_point() -> None:
+    """Run as a local activity by a sweep about to continue as new: nothing to do, it only lets one more workflow
+    activation (with the activity results that came in alongside a signal) happen before the handover."""
+
+
 # Everything a sweep worker must register: the orchestration worker, the tests and the benches use this one list.
-SWEEP_ACTIVITIES = [propose_tpe, simulate_segment, proxy_segment, plot_sweep, delete_runs, missing_search_attributes]
+SWEEP_ACTIVITIES = [
+    propose_tpe,
+    simulate_segment,
+    proxy_segment,
+    plot_sweep,
+    delete_runs,
+    missing_search_attributes,
+    handover_point,
+]

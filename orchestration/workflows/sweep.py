@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
 
 LIVE_HANDOVER = "live-handover"  # the patch that ended the drain before continue-as-new
 LADDER_BY_INDEX = "ladder-ties-by-trial-index"
+SETTLE_BEFORE_HANDOVER = "settle-before-handover"
 CANCEL_WAITS_FOR_CHILDREN = "cancel-waits-for-children"
 CHILDREN_CLOSE_WITHIN = timedelta(minutes=10)  # each stops its Ray jobs first: seconds, unless Ray is down
 ACTIVITY = {
@@ -128,6 +129,14 @@ class SweepWorkflow:
                 await workflow.wait_condition(lambda: self._startable() or self._finished() or self._history_is_long())
                 if self._history_is_long():
                     if workflow.patched(LIVE_HANDOVER) and all(seg.reports for seg in self.live.values()):
+                        if workflow.patched(SETTLE_BEFORE_HANDOVER):
+                            # The SDK applies an activation's signals and checks wait conditions before it applies
+                            # the activity results that came with them: one more activation lets those results in,
+                            # else a segment that completed its activity here would be handed over as running. A
+                            # no-op local activity gives it within the workflow task (a timer waited a second).
+                            await workflow.execute_local_activity(
+                                "handover_point", start_to_close_timeout=timedelta(seconds=10)
+                            )
                         await workflow.wait_condition(workflow.all_handlers_finished)
                         self.s.live = list(self.live.values())
                     else:  # segments of a sweep started before the live handover: drain, as it always did
