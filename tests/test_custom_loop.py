@@ -33,7 +33,7 @@ from ray_jobs.specs import CustomTrainConfig
 from tests.helpers import assert_one_line_error, run, ttrain, wait_until
 from tests.test_crash_recovery import train_worker_pids
 
-STEPS, EVERY = 600, 100
+STEPS, EVERY, LOG_EVERY = 600, 100, 50  # a report can wait Ray Train's 2 s poll: 12 of them, not 30
 
 
 def custom_config(**overrides) -> CustomTrainConfig:
@@ -43,7 +43,7 @@ def custom_config(**overrides) -> CustomTrainConfig:
             "entrypoint": "ray_jobs.examples.mlp:train_func",
             "max_steps": STEPS,
             "checkpoint_every_steps": EVERY,
-            "train_loop_config": {"lr": 0.01, "hidden": 256, "batch_size": 256},
+            "train_loop_config": {"lr": 0.01, "hidden": 256, "batch_size": 256, "log_every": LOG_EVERY},
             "scaling": {"num_workers": 2},
             **overrides,
         }
@@ -231,7 +231,7 @@ def test_a_custom_loop_on_two_workers_killed_mid_run_ends_with_the_weights_of_an
     # the metric history: every report once, across both jobs, with the values of the uninterrupted run
     runs = Path(result.final_checkpoint.uri).parents[2]  # <runs>/<run>/<job>/<checkpoint>
     history, twin = read_history(str(runs / "it-custom-killed")), read_history(str(runs / "it-custom-reference"))
-    assert [r.step for r in history] == list(range(20, STEPS + 1, 20)) == [r.step for r in twin]
+    assert [r.step for r in history] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY)) == [r.step for r in twin]
     jobs = {f.parent.parent.name for f in (runs / "it-custom-killed").glob("*/metrics/*.jsonl")}
     assert len(jobs) == 2  # the history spans the killed job and its successor
     for row, reference_row in zip(history, twin, strict=True):

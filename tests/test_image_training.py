@@ -1,5 +1,9 @@
 """Image training on the real stack: DDP proofs, learning Fashion-MNIST through a killed Ray Train worker, the
 scale-up table, and bad image inputs. Ray Train runs 2 gloo workers on this CPU machine.
+
+The three trainings start together when the module does (`started`): each waits on its own jobs, so on 2 cores one
+shared wait replaces three; each test then takes its scenario's outcome and asserts on it. The kill touches only its
+own job's Ray Train worker.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -67,7 +73,7 @@ def checkpoint_states(job_uri: str) -> list[dict]:
     return [storage.read_json(storage.join(job_uri, n, checkpointing.STATE_FILE)) for n in names]
 
 
-def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
+def two_workers_at_half_batch(stack) -> None:
     """DDP's contract, measured: same losses step by step, identical replicas, the same final weights.
     Batch norm spans both workers (GlobalBatchNorm2d on gloo), augmentation is on. And exact resume: a 2-worker
     run stopped at step 3 and resumed from that checkpoint by a new job ends with the uninterrupted run's weights."""
@@ -114,14 +120,17 @@ def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
     assert checkpoint_states(split)[-1]["loss"] == b[-1]["loss"]
 
 
-def train_worker_pids(stack) -> list[int]:
+def train_worker_pids(stack, ray_job_id: str) -> list[int]:
+    """The live Ray Train workers of one submitted job (other jobs train beside it)."""
+    driver_job = JobSubmissionClient(stack.ray_dashboard_url).get_job_info(ray_job_id).job_id
     actors = list_actors(
-        address=stack.ray_dashboard_url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        address=stack.ray_dashboard_url,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"), ("job_id", "=", driver_job)],
     )
     return [a.pid for a in actors if a.pid]
 
 
-def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
+def fashion_mnist_through_a_killed_worker(stack) -> None:
     """`ttrain cifar10 train` with 2 gloo workers; one Ray Train worker process is SIGKILLed after the first
     checkpoint. The run resumes from the ledger and still learns: >= 85% on the 10,000 official test images."""
     run_id = "it-img-fmnist"
@@ -143,12 +152,12 @@ def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
                     s = await handle.query(CheckpointedTrainingWorkflow.status)
                 except Exception:
                     return None
-                return s if s.checkpoints else None
+                return s if s.checkpoints and s.ray_job_id else None
 
             return await wait_until(has_one, 240, "the first committed checkpoint")
 
         before = run(first_checkpoint())
-        pids = train_worker_pids(stack)
+        pids = train_worker_pids(stack, before.ray_job_id)
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
         out, err = cli.communicate(timeout=420)
@@ -173,7 +182,7 @@ def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
     assert "held-out accuracy 0.8" in out and "images/s" in out
 
 
-def test_scaleup_table_and_plot_from_the_cli(stack):
+def scaleup_from_the_cli(stack) -> None:
     out = ttrain(
         "cifar10", "scaleup", "--dataset", "synthetic", "--workers", "1,2,64", "--epochs", "1", "--batch-size", "64",
         "--width", "8", "--set", "synthetic_rows=1024", "--id", "it-scaleup", "--json",
@@ -191,6 +200,36 @@ def test_scaleup_table_and_plot_from_the_cli(stack):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = ttrain("cifar10", "results", "it-scaleup")
     assert table.returncode == 0 and "does-not-fit" in table.stdout and "SYNTHETIC" in table.stdout
+
+
+SCENARIOS: dict[str, Callable] = {
+    "ddp": two_workers_at_half_batch,
+    "fmnist": fashion_mnist_through_a_killed_worker,
+    "scaleup": scaleup_from_the_cli,
+}
+
+
+@pytest.fixture(scope="module")
+def started(stack):
+    """Every training scenario of this module, running side by side; a test waits for its own."""
+    with ThreadPoolExecutor(len(SCENARIOS)) as pool:
+        yield {name: pool.submit(scenario, stack) for name, scenario in SCENARIOS.items()}
+
+
+def outcome(started: dict[str, Future], name: str) -> None:
+    started[name].result(timeout=900)  # re-raises the scenario's failed assertion
+
+
+def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(started):
+    outcome(started, "ddp")
+
+
+def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(started):
+    outcome(started, "fmnist")
+
+
+def test_scaleup_table_and_plot_from_the_cli(started):
+    outcome(started, "scaleup")
 
 
 def test_missing_cifar_data_is_one_line_and_no_ray_job(stack, tmp_path: Path):

@@ -4,7 +4,7 @@ spirals (generated from the seed, so nothing is downloaded).
     kind: custom
     entrypoint: ray_jobs.examples.mlp:train_func
     max_steps: 300
-    train_loop_config: {lr: 0.01, hidden: 64, batch_size: 64}
+    train_loop_config: {lr: 0.01, hidden: 64, batch_size: 64, log_every: 20}
     scaling: {num_workers: 2}
 
 What makes it resumable exactly: the batch of each step and each rank's share of it are drawn from (seed, step),
@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from ray_jobs import loop
 
 ROWS, HELDOUT = 2_000, 500
-LOG_EVERY = 20  # steps between reports of the loss (the run's metric history); checkpoints report too
+LOG_EVERY = 20  # default steps between reports of the loss (the run's metric history); checkpoints report too
 
 
 def spirals(seed: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,7 @@ def train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     batch = int(config.get("batch_size", 64))
+    log_every = int(config.get("log_every", LOG_EVERY))  # each report can wait for Ray Train's poll (see the README)
     x, y = spirals(run.seed, ROWS + HELDOUT)
     train_x, train_y, test_x, test_y = x[:ROWS], y[:ROWS], x[ROWS:], y[ROWS:]
 
@@ -83,7 +84,7 @@ def train_func(config: dict) -> None:
         optimizer.step()
         scheduler.step()
         samples, training_s = samples + len(rows), training_s + time.perf_counter() - started
-        if not (step % LOG_EVERY == 0 or run.checkpoint_due(step)):
+        if not (step % log_every == 0 or run.checkpoint_due(step)):
             continue
         metrics = {"step": step, "loss": _mean(loss.detach()), "lr": scheduler.get_last_lr()[0]}
         if not run.checkpoint_due(step):
