@@ -40,8 +40,9 @@ def numeric(values: dict) -> dict[str, float]:
 class HistoryWriter:
     """Rows of one job, buffered and written as a new file at each `flush` (rank 0, or Ray Train's controller).
     On local or shared-filesystem storage the same values go to TensorBoard event files in the run's `tensorboard/`
-    folder (`tensorboard --logdir <storage>/runs` shows every run and sweep trial). A job that resumed from step N
-    starts its event file by purging steps after N, the way TensorBoard expects a restarted writer to."""
+    folder (`tensorboard --logdir <storage>/runs` shows every run and sweep trial), one event file per flush, so what
+    a flush wrote survives the job being killed right after. A job that resumed from step N starts its first event
+    file by purging steps after N, the way TensorBoard expects a restarted writer to."""
 
     def __init__(self, job_uri: str, resume_step: int = 0) -> None:
         self.dir = storage.join(job_uri, HISTORY_DIR)
@@ -49,6 +50,7 @@ class HistoryWriter:
         self.board_dir = None if "://" in job_uri else os.path.join(os.path.dirname(job_uri.rstrip("/")), BOARD_DIR)
         self.resume_step = resume_step
         self._board = None
+        self._board_files = 0
 
     def add(self, step: int, values: dict) -> None:
         numbers = numeric(values)
@@ -65,7 +67,14 @@ class HistoryWriter:
             if self._board is None:
                 from tensorboardX import SummaryWriter
 
-                self._board = SummaryWriter(self.board_dir, purge_step=self.resume_step + 1, flush_secs=10)
+                # the job's first file purges what earlier jobs logged after its resume step; a later one must not,
+                # or it would hide this job's own steps. The suffix keeps files of one second apart, and in order.
+                self._board = SummaryWriter(
+                    self.board_dir,
+                    purge_step=None if self._board_files else self.resume_step + 1,
+                    filename_suffix=f".{time.time_ns():020d}-{os.getpid()}",
+                )
+                self._board_files += 1
             for name, value in numbers.items():
                 self._board.add_scalar(name, value, step)
         except Exception as exc:
@@ -75,11 +84,12 @@ class HistoryWriter:
     def flush(self) -> None:
         """Best effort: a history write that fails never fails the training (the checkpoint is what matters)."""
         if self._board is not None and self.board_dir is not None:
-            try:
-                self._board.flush()
+            try:  # tensorboardX's flush() leaves the events its writer thread has not dequeued yet; close() writes them
+                self._board.close()
             except Exception as exc:
                 log.warning("TensorBoard events not written (%s)", exc)
                 self.board_dir = None
+            self._board = None
         if not self.rows:
             return
         text = "".join(row.model_dump_json() + "\n" for row in self.rows)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from ray_jobs.specs import FineTuneConfig
@@ -31,6 +34,18 @@ def tiny_config(**overrides: Any) -> FineTuneConfig:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def side_by_side(scenarios: dict[str, Callable[[], Any]]) -> Iterator[dict[str, Future]]:
+    """A module fixture's body: start every scenario at once, each in its own thread, and wait for all at teardown.
+    On 2 cores, trainings that each wait on their own jobs share one wait instead of queueing for the CPU in turn."""
+    with ThreadPoolExecutor(len(scenarios)) as pool:
+        yield {name: pool.submit(scenario) for name, scenario in scenarios.items()}
+
+
+def outcome(started: dict[str, Future], name: str, timeout: float = 900) -> Any:
+    """A scenario's result; re-raises its failed assertion in the test that asked for it."""
+    return started[name].result(timeout=timeout)
 
 
 async def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -60,3 +75,22 @@ def assert_one_line_error(out: subprocess.CompletedProcess, exit_code: int, *nee
     assert "Traceback" not in out.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars as TensorBoard shows them: event files in order, a session start at step N hiding what earlier
+    files logged from N on (TensorBoard's purge of a restarted writer's orphans)."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            if event.session_log.status == SessionLog.START:
+                scalars = {k: [(s, v) for s, v in points if s < event.step] for k, points in scalars.items()}
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

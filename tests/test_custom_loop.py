@@ -30,7 +30,7 @@ from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.history import read_history
 from ray_jobs.outcome import read_commits
 from ray_jobs.specs import CustomTrainConfig
-from tests.helpers import assert_one_line_error, run, ttrain, wait_until
+from tests.helpers import assert_one_line_error, run, tensorboard_scalars, ttrain, wait_until
 from tests.test_crash_recovery import train_worker_pids
 
 STEPS, EVERY, LOG_EVERY = 600, 100, 50  # a report can wait Ray Train's 2 s poll: 12 of them, not 30
@@ -242,29 +242,6 @@ def test_a_custom_loop_on_two_workers_killed_mid_run_ends_with_the_weights_of_an
     board = tensorboard_scalars(runs / "it-custom-killed" / "tensorboard")
     assert sorted(step for step, _ in board["loss"]) == [r.step for r in history]
     assert all(abs(v - h.values["loss"]) <= 1e-6 for (_, v), h in zip(sorted(board["loss"]), history, strict=True))
-
-
-def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Scalars as TensorBoard shows them: event files in order, a session start at step N hiding what earlier
-    files logged from N on (TensorBoard's purge of a restarted writer's orphans)."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    files = sorted(folder.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
-    assert len(files) >= 2  # one per job
-    for path in files:
-        data, at = path.read_bytes(), 0
-        while at < len(data):
-            (length,) = struct.unpack("<Q", data[at : at + 8])
-            event = Event.FromString(data[at + 12 : at + 12 + length])
-            at += 12 + length + 4
-            if event.session_log.status == SessionLog.START:
-                scalars = {k: [(s, v) for s, v in points if s < event.step] for k, points in scalars.items()}
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
 
 
 @pytest.mark.integration

@@ -8,20 +8,18 @@ own job's Ray Train worker.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from ray.job_submission import JobStatus, JobSubmissionClient
-from ray.util.state import list_actors
 from safetensors.torch import load_file
 
 from orchestration.activities.snapshot import build as build_snapshot
@@ -33,7 +31,8 @@ from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import checkpointing, storage
 from ray_jobs.outcome import job_dir
 from ray_jobs.specs import ImageTrainConfig, JobSpec
-from tests.helpers import assert_one_line_error, run, ttrain, wait_until
+from tests.helpers import assert_one_line_error, outcome, run, side_by_side, ttrain, wait_until
+from tests.test_crash_recovery import train_worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -120,16 +119,6 @@ def two_workers_at_half_batch(stack) -> None:
     assert checkpoint_states(split)[-1]["loss"] == b[-1]["loss"]
 
 
-def train_worker_pids(stack, ray_job_id: str) -> list[int]:
-    """The live Ray Train workers of one submitted job (other jobs train beside it)."""
-    driver_job = JobSubmissionClient(stack.ray_dashboard_url).get_job_info(ray_job_id).job_id
-    actors = list_actors(
-        address=stack.ray_dashboard_url,
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"), ("job_id", "=", driver_job)],
-    )
-    return [a.pid for a in actors if a.pid]
-
-
 def fashion_mnist_through_a_killed_worker(stack) -> None:
     """`ttrain cifar10 train` with 2 gloo workers; one Ray Train worker process is SIGKILLed after the first
     checkpoint. The run resumes from the ledger and still learns: >= 85% on the 10,000 official test images."""
@@ -202,34 +191,22 @@ def scaleup_from_the_cli(stack) -> None:
     assert table.returncode == 0 and "does-not-fit" in table.stdout and "SYNTHETIC" in table.stdout
 
 
-SCENARIOS: dict[str, Callable] = {
-    "ddp": two_workers_at_half_batch,
-    "fmnist": fashion_mnist_through_a_killed_worker,
-    "scaleup": scaleup_from_the_cli,
-}
-
-
 @pytest.fixture(scope="module")
 def started(stack):
-    """Every training scenario of this module, running side by side; a test waits for its own."""
-    with ThreadPoolExecutor(len(SCENARIOS)) as pool:
-        yield {name: pool.submit(scenario, stack) for name, scenario in SCENARIOS.items()}
-
-
-def outcome(started: dict[str, Future], name: str) -> None:
-    started[name].result(timeout=900)  # re-raises the scenario's failed assertion
+    scenarios = (two_workers_at_half_batch, fashion_mnist_through_a_killed_worker, scaleup_from_the_cli)
+    yield from side_by_side({s.__name__: functools.partial(s, stack) for s in scenarios})
 
 
 def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(started):
-    outcome(started, "ddp")
+    outcome(started, "two_workers_at_half_batch")
 
 
 def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(started):
-    outcome(started, "fmnist")
+    outcome(started, "fashion_mnist_through_a_killed_worker")
 
 
 def test_scaleup_table_and_plot_from_the_cli(started):
-    outcome(started, "scaleup")
+    outcome(started, "scaleup_from_the_cli")
 
 
 def test_missing_cifar_data_is_one_line_and_no_ray_job(stack, tmp_path: Path):

@@ -13,7 +13,7 @@ import pytest
 
 from ray_jobs import storage
 from ray_jobs.history import HistoryWriter, read_history
-from tests.helpers import assert_one_line_error
+from tests.helpers import assert_one_line_error, tensorboard_scalars
 
 
 def write(job_uri: str, rows: list[tuple[int, dict]], at: float, monkeypatch, resumed: int = 0) -> None:
@@ -69,6 +69,44 @@ def ttrain_metrics(storage_dir, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestration.cli", "metrics", *args], capture_output=True, text=True, env=env
     )
+
+
+KILLED_AFTER_A_FLUSH = """
+import os, sys
+from ray_jobs.history import HistoryWriter
+writer = HistoryWriter(sys.argv[1])
+for step in (10, 20, 30):
+    writer.add(step, {"loss": 1.0 / step})
+    writer.flush()  # what the job does at each checkpoint
+os._exit(0)  # killed right after: nothing closes the writer
+"""
+
+
+def test_tensorboard_keeps_every_flushed_step_of_a_job_killed_right_after(tmp_path):
+    """A Train worker SIGKILLed just after a checkpoint: the steps flushed with it are in TensorBoard, as in the
+    history (tensorboardX's own flush() leaves events its writer thread has not taken yet)."""
+    job = str(tmp_path / "runs" / "r" / "job-a")
+    done = subprocess.run([sys.executable, "-c", KILLED_AFTER_A_FLUSH, job], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [r.step for r in read_history(str(tmp_path / "runs" / "r"))] == [10, 20, 30]
+    board = tensorboard_scalars(tmp_path / "runs" / "r" / "tensorboard")
+    assert [step for step, _ in board["loss"]] == [10, 20, 30]
+
+
+def test_a_resumed_jobs_later_event_files_keep_its_own_steps(tmp_path):
+    """Job A logged 10..30; job B resumed from 20 and flushed twice: TensorBoard shows 10, 20 from A and B's 30, 40 —
+    B's second file does not purge B's first."""
+    run_dir = tmp_path / "runs" / "r"
+    a = HistoryWriter(str(run_dir / "job-a"))
+    for step in (10, 20, 30):
+        a.add(step, {"loss": 1.0})
+    a.flush()
+    b = HistoryWriter(str(run_dir / "job-b"), resume_step=20)
+    for step in (30, 40):
+        b.add(step, {"loss": 2.0})
+        b.flush()
+    board = tensorboard_scalars(run_dir / "tensorboard")
+    assert board["loss"] == [(10, 1.0), (20, 1.0), (30, 2.0), (40, 2.0)]
 
 
 def test_ttrain_metrics_prints_a_table_csv_json_and_draws_the_curves(tmp_path, monkeypatch):

@@ -4,11 +4,15 @@
   checkpoints, the promoted trial continues from its rung checkpoint;
 - a warm promotion: the trial's job waits at its rung, the promotion trains on in that same Ray job and worker
   group, and SIGKILLing its Train worker after the promotion resumes from the rung checkpoint.
+
+The worker kills hit every run on the stack, so that sweep runs alone; the others start together (`started`), each
+on its own jobs, and each test asserts on its own scenario's outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -26,7 +30,7 @@ from orchestration.types import RunOptions, RunStatus
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.outcome import read_parked, read_progress
-from tests.helpers import assert_one_line_error, run, tiny_config, wait_until
+from tests.helpers import assert_one_line_error, outcome, run, side_by_side, tiny_config, wait_until
 from tests.test_crash_recovery import train_worker_pids
 
 pytestmark = pytest.mark.integration
@@ -91,7 +95,7 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
     assert state.gpu_hours > 0  # worker-hours of the real segments, what a max_gpu_hours budget counts
 
 
-def test_a_promotion_trains_on_in_the_waiting_job_and_a_kill_after_it_resumes_from_the_rung_checkpoint(stack):
+def warm_promotion(stack) -> None:
     """Lenient rule, one trial: its first result at rung 0 is promoted at once, while its job waits at step 10. The
     only checkpoints are the rungs' (10, 40), so a kill between them can only resume from the rung checkpoint."""
     base = tiny_config(dataset={"max_rows": 300}, max_steps=None, checkpoint_every_steps=1000)
@@ -164,7 +168,7 @@ def ttrain(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
+def sweep_cli(stack, tmp_path: Path) -> None:
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(
         "id: it-cli-sweep\nstrategy: random\ntrials: 6\nmax_concurrency: 2\ntrainer: simulated\nseed: 5\n"
@@ -243,7 +247,7 @@ def test_sweep_cli_runs_controls_and_extends_a_sweep(stack, tmp_path):
     assert out.returncode == 2 and "ladder" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_an_image_ladder_sweep_of_two_worker_trials_completes_with_a_leaderboard(stack, tmp_path):
+def image_ladder_sweep(stack, tmp_path: Path) -> None:
     """Any kind is a sweep's base: Fashion-MNIST (the offline real dataset), each trial on 2 Ray Train workers."""
     sweep_file = tmp_path / "images.yaml"
     sweep_file.write_text(
@@ -266,3 +270,26 @@ def test_an_image_ladder_sweep_of_two_worker_trials_completes_with_a_leaderboard
     assert [r["steps"] for r in trials[1]["results"]] == [6]
     assert trials[0]["results"][0]["score"] >= trials[1]["results"][0]["score"]
     assert all(0.0 < r["score"] <= 1.0 for t in trials for r in t["results"])  # Fashion-MNIST test accuracy
+
+
+@pytest.fixture(scope="module")
+def started(stack, tmp_path_factory):
+    yield from side_by_side(
+        {
+            "warm": functools.partial(warm_promotion, stack),
+            "cli": functools.partial(sweep_cli, stack, tmp_path_factory.mktemp("cli-sweep")),
+            "image": functools.partial(image_ladder_sweep, stack, tmp_path_factory.mktemp("image-sweep")),
+        }
+    )
+
+
+def test_a_promotion_trains_on_in_the_waiting_job_and_a_kill_after_it_resumes_from_the_rung_checkpoint(started):
+    outcome(started, "warm")
+
+
+def test_sweep_cli_runs_controls_and_extends_a_sweep(started):
+    outcome(started, "cli")
+
+
+def test_an_image_ladder_sweep_of_two_worker_trials_completes_with_a_leaderboard(started):
+    outcome(started, "image")
