@@ -1,14 +1,9 @@
 """Image training on the real stack: DDP proofs, learning Fashion-MNIST through a killed Ray Train worker, the
 scale-up table, and bad image inputs. Ray Train runs 2 gloo workers on this CPU machine.
-
-The three trainings start together when the module does (`started`): each waits on its own jobs, so on 2 cores one
-shared wait replaces three; each test then takes its scenario's outcome and asserts on it. The kill touches only its
-own job's Ray Train worker.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -20,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.util.state import list_actors
 from safetensors.torch import load_file
 
 from orchestration.activities.snapshot import build as build_snapshot
@@ -31,8 +27,7 @@ from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import checkpointing, storage
 from ray_jobs.outcome import job_dir
 from ray_jobs.specs import ImageTrainConfig, JobSpec
-from tests.helpers import assert_one_line_error, outcome, run, side_by_side, ttrain, wait_until
-from tests.test_crash_recovery import train_worker_pids
+from tests.helpers import assert_one_line_error, run, ttrain, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +67,7 @@ def checkpoint_states(job_uri: str) -> list[dict]:
     return [storage.read_json(storage.join(job_uri, n, checkpointing.STATE_FILE)) for n in names]
 
 
-def two_workers_at_half_batch(stack) -> None:
+def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
     """DDP's contract, measured: same losses step by step, identical replicas, the same final weights.
     Batch norm spans both workers (GlobalBatchNorm2d on gloo), augmentation is on. And exact resume: a 2-worker
     run stopped at step 3 and resumed from that checkpoint by a new job ends with the uninterrupted run's weights."""
@@ -119,7 +114,14 @@ def two_workers_at_half_batch(stack) -> None:
     assert checkpoint_states(split)[-1]["loss"] == b[-1]["loss"]
 
 
-def fashion_mnist_through_a_killed_worker(stack) -> None:
+def train_worker_pids(stack) -> list[int]:
+    actors = list_actors(
+        address=stack.ray_dashboard_url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    )
+    return [a.pid for a in actors if a.pid]
+
+
+def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
     """`ttrain cifar10 train` with 2 gloo workers; one Ray Train worker process is SIGKILLed after the first
     checkpoint. The run resumes from the ledger and still learns: >= 85% on the 10,000 official test images."""
     run_id = "it-img-fmnist"
@@ -141,12 +143,12 @@ def fashion_mnist_through_a_killed_worker(stack) -> None:
                     s = await handle.query(CheckpointedTrainingWorkflow.status)
                 except Exception:
                     return None
-                return s if s.checkpoints and s.ray_job_id else None
+                return s if s.checkpoints else None
 
             return await wait_until(has_one, 240, "the first committed checkpoint")
 
         before = run(first_checkpoint())
-        pids = train_worker_pids(stack, before.ray_job_id)
+        pids = train_worker_pids(stack)
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
         out, err = cli.communicate(timeout=420)
@@ -171,7 +173,7 @@ def fashion_mnist_through_a_killed_worker(stack) -> None:
     assert "held-out accuracy 0.8" in out and "images/s" in out
 
 
-def scaleup_from_the_cli(stack) -> None:
+def test_scaleup_table_and_plot_from_the_cli(stack):
     out = ttrain(
         "cifar10", "scaleup", "--dataset", "synthetic", "--workers", "1,2,64", "--epochs", "1", "--batch-size", "64",
         "--width", "8", "--set", "synthetic_rows=1024", "--id", "it-scaleup", "--json",
@@ -189,24 +191,6 @@ def scaleup_from_the_cli(stack) -> None:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = ttrain("cifar10", "results", "it-scaleup")
     assert table.returncode == 0 and "does-not-fit" in table.stdout and "SYNTHETIC" in table.stdout
-
-
-@pytest.fixture(scope="module")
-def started(stack):
-    scenarios = (two_workers_at_half_batch, fashion_mnist_through_a_killed_worker, scaleup_from_the_cli)
-    yield from side_by_side({s.__name__: functools.partial(s, stack) for s in scenarios})
-
-
-def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(started):
-    outcome(started, "two_workers_at_half_batch")
-
-
-def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(started):
-    outcome(started, "fashion_mnist_through_a_killed_worker")
-
-
-def test_scaleup_table_and_plot_from_the_cli(started):
-    outcome(started, "scaleup_from_the_cli")
 
 
 def test_missing_cifar_data_is_one_line_and_no_ray_job(stack, tmp_path: Path):
