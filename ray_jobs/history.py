@@ -21,6 +21,7 @@ from ray_jobs import storage
 HISTORY_DIR = "metrics"
 log = logging.getLogger("ttrain.history")
 BOARD_DIR = "tensorboard"
+BOARD_FLUSH_S = 10.0  # between checkpoints, what TensorBoard shows is at most this far behind
 
 
 class MetricRow(BaseModel):
@@ -39,10 +40,12 @@ def numeric(values: dict) -> dict[str, float]:
 
 class HistoryWriter:
     """Rows of one job, buffered and written as a new file at each `flush` (rank 0, or Ray Train's controller).
-    On local or shared-filesystem storage the same values go to TensorBoard event files in the run's `tensorboard/`
-    folder (`tensorboard --logdir <storage>/runs` shows every run and sweep trial), one event file per flush, so what
-    a flush wrote survives the job being killed right after. A job that resumed from step N starts its first event
-    file by purging steps after N, the way TensorBoard expects a restarted writer to."""
+    On local or shared-filesystem storage the same values go to a TensorBoard event file in the run's `tensorboard/`
+    folder (`tensorboard --logdir <storage>/runs` shows every run and sweep trial), one file per job process. It is
+    written in this thread (tensorboardX's `EventsWriter`, not `SummaryWriter`, whose `flush()` leaves the events its
+    writer thread has not dequeued yet): what a flush wrote is on disk even if the job is killed a moment later. A
+    job that resumed from step N starts its file with TensorBoard's purge of steps after N (what `SummaryWriter`'s
+    `purge_step` writes), so the curve has no doubled stretch."""
 
     def __init__(self, job_uri: str, resume_step: int = 0) -> None:
         self.dir = storage.join(job_uri, HISTORY_DIR)
@@ -50,7 +53,7 @@ class HistoryWriter:
         self.board_dir = None if "://" in job_uri else os.path.join(os.path.dirname(job_uri.rstrip("/")), BOARD_DIR)
         self.resume_step = resume_step
         self._board = None
-        self._board_files = 0
+        self._board_flushed = time.time()
 
     def add(self, step: int, values: dict) -> None:
         numbers = numeric(values)
@@ -64,19 +67,24 @@ class HistoryWriter:
         if self.board_dir is None:
             return
         try:
-            if self._board is None:
-                from tensorboardX import SummaryWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            from tensorboardX.summary import scalar
 
-                # the job's first file purges what earlier jobs logged after its resume step; a later one must not,
-                # or it would hide this job's own steps. The suffix keeps files of one second apart, and in order.
-                self._board = SummaryWriter(
-                    self.board_dir,
-                    purge_step=None if self._board_files else self.resume_step + 1,
-                    filename_suffix=f".{time.time_ns():020d}-{os.getpid()}",
-                )
-                self._board_files += 1
+            if self._board is None:
+                from tensorboardX.event_file_writer import EventsWriter
+
+                os.makedirs(self.board_dir, exist_ok=True)
+                # the suffix keeps two writers of one second apart, in order
+                suffix = f".{time.time_ns():020d}-{os.getpid()}"
+                self._board = EventsWriter(os.path.join(self.board_dir, "events"), suffix)
+                start = SessionLog(status=SessionLog.START)
+                self._board.write_event(Event(wall_time=time.time(), step=self.resume_step + 1, session_log=start))
+            now = time.time()
             for name, value in numbers.items():
-                self._board.add_scalar(name, value, step)
+                self._board.write_event(Event(wall_time=now, step=step, summary=scalar(name, value)))
+            if now - self._board_flushed > BOARD_FLUSH_S:  # TensorBoard's live view between checkpoints
+                self._board.flush()
+                self._board_flushed = now
         except Exception as exc:
             log.warning("TensorBoard events not written (%s); the history goes on without them", exc)
             self.board_dir = None
@@ -84,12 +92,11 @@ class HistoryWriter:
     def flush(self) -> None:
         """Best effort: a history write that fails never fails the training (the checkpoint is what matters)."""
         if self._board is not None and self.board_dir is not None:
-            try:  # tensorboardX's flush() leaves the events its writer thread has not dequeued yet; close() writes them
-                self._board.close()
+            try:
+                self._board.flush()
             except Exception as exc:
                 log.warning("TensorBoard events not written (%s)", exc)
                 self.board_dir = None
-            self._board = None
         if not self.rows:
             return
         text = "".join(row.model_dump_json() + "\n" for row in self.rows)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,25 @@ def run(coro):
     return asyncio.run(coro)
 
 
+SCENARIO_TIMEOUT_S = 500  # under pytest-timeout's 600 s a test: a stuck scenario fails its test, not the session
+
+
 def side_by_side(scenarios: dict[str, Callable[[], Any]]) -> Iterator[dict[str, Future]]:
-    """A module fixture's body: start every scenario at once, each in its own thread, and wait for all at teardown.
-    On 2 cores, trainings that each wait on their own jobs share one wait instead of queueing for the CPU in turn."""
-    with ThreadPoolExecutor(len(scenarios)) as pool:
-        yield {name: pool.submit(scenario) for name, scenario in scenarios.items()}
+    """A module fixture's body: start every scenario at once, each in its own thread; at teardown wait a bounded
+    time for them, then leave. On 2 cores, trainings that each wait on their own jobs share one wait instead of
+    queueing in turn (each scenario bounds its own waits, so none outlives the session by much)."""
+    pool = ThreadPoolExecutor(len(scenarios))
+    started = {name: pool.submit(scenario) for name, scenario in scenarios.items()}
+    try:
+        yield started
+    finally:
+        wait(started.values(), timeout=SCENARIO_TIMEOUT_S)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def outcome(started: dict[str, Future], name: str, timeout: float = 900) -> Any:
+def outcome(started: dict[str, Future], name: str) -> Any:
     """A scenario's result; re-raises its failed assertion in the test that asked for it."""
-    return started[name].result(timeout=timeout)
+    return started[name].result(timeout=SCENARIO_TIMEOUT_S)
 
 
 async def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -78,12 +87,12 @@ def assert_one_line_error(out: subprocess.CompletedProcess, exit_code: int, *nee
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Scalars as TensorBoard shows them: event files in order, a session start at step N hiding what earlier
+    """Scalars as TensorBoard shows them: event files in name order, a session start at step N hiding what earlier
     files logged from N on (TensorBoard's purge of a restarted writer's orphans)."""
     from tensorboardX.proto.event_pb2 import Event, SessionLog
 
     scalars: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(folder.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime):
+    for path in sorted(folder.glob("events.out.tfevents.*")):
         data, at = path.read_bytes(), 0
         while at < len(data):
             (length,) = struct.unpack("<Q", data[at : at + 8])

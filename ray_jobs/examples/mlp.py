@@ -57,6 +57,8 @@ def train_func(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     batch = int(config.get("batch_size", 64))
     log_every = int(config.get("log_every", LOG_EVERY))  # each report can wait for Ray Train's poll (see the README)
+    if log_every < 1:
+        raise ValueError(f"train_loop_config.log_every must be at least 1, got {log_every}")
     x, y = spirals(run.seed, ROWS + HELDOUT)
     train_x, train_y, test_x, test_y = x[:ROWS], y[:ROWS], x[ROWS:], y[ROWS:]
 
