@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from typing import Any
 
 from ray_jobs import storage
@@ -24,6 +25,7 @@ log = logging.getLogger("ttrain.tracking")
 RUN_TAG, SWEEP_TAG, LOGGED_TAG = "ttrain.run_id", "ttrain.sweep_id", "ttrain.logged_through_step"
 INCARNATION_TAG = "ttrain.incarnation"  # a run id started over (`--replace`) is a new MLflow run
 BATCH = 1_000  # MLflow takes at most 1,000 metrics per log_batch
+SETTLE_S = 2.0  # a sweep's trials create its run at once: another's create still in flight has landed by then
 EXPORT_WAIT_S = 120.0
 
 
@@ -55,7 +57,7 @@ def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
 
     client = MlflowClient()
     experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"), spec.storage_path)
-    parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}) if spec.sweep_id else None
+    parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}, settle_s=SETTLE_S) if spec.sweep_id else None
     incarnation = {INCARNATION_TAG: spec.incarnation or ""}
     nested = {"mlflow.parentRunId": parent} if parent else {}
     params = flatten(spec.config.model_dump(mode="json"))
@@ -99,9 +101,12 @@ def _run(
     tags: dict,
     params: dict[str, str] | None = None,
     also: dict[str, str] | None = None,
+    settle_s: float = 0.0,
 ) -> str:
     """The run tagged `tag=value` (and the `also` tags), created if none is. Jobs race to create a sweep's run: all
-    of them then keep the oldest, and a duplicate made in the race is deleted by its maker."""
+    of them then keep the oldest, and a duplicate made in the race is deleted by its maker. "Oldest" is by start
+    time, which the creating client stamps: a maker looks again only after `settle_s`, or a create that began
+    before its own but landed after its look would leave two runs, each kept by its maker."""
     from mlflow.entities import Param
 
     where = " AND ".join(f"tags.`{k}` = '{v}'" for k, v in {tag: value, **(also or {})}.items())
@@ -116,6 +121,7 @@ def _run(
         items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
             client.log_batch(made, params=items[start : start + 100])
+    time.sleep(settle_s)
     oldest = tagged()[0].info.run_id
     if oldest != made:
         client.delete_run(made)
