@@ -352,6 +352,7 @@ def test_a_diverged_sweep_trial_fails_alone_and_the_sweep_goes_on(confined):
     assert set(by_wd) == {0.01, 100.0}, "the seed must draw both values"
     assert by_wd[100.0].state == "failed" and re.match(r"loss became (NaN|inf) at step \d+", by_wd[100.0].error)
     assert by_wd[0.01].state == "completed" and by_wd[0.01].results
+    assert state.warnings == []  # its leaderboard plot included
 
 
 def test_a_sequence_longer_than_the_model_is_refused_before_any_job(stack, confined):

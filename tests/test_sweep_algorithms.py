@@ -252,6 +252,24 @@ def test_gc_keeps_the_best_and_everything_that_may_still_be_promoted():
     assert gc_candidates(TrialTable.of(trials), top_rung=2, best=best.index) == ["t1", "t3"]
 
 
+def test_the_leaderboard_plot_draws_a_sweep_with_a_trial_that_failed_before_any_result(tmp_path):
+    """matplotlib 3.11 refuses an empty curve: the plot of any sweep with such a trial failed (a warning only)."""
+    from orchestration.activities.sweeps import plot
+    from orchestration.sweeps.models import PlotRequest, SweepState
+    from orchestration.sweeps.trials import RungResult, Trial, TrialTable
+    from orchestration.types import RunOptions
+
+    trials = [
+        Trial(index=0, run_id="t0", params={}, state="failed", error="loss became NaN at step 6"),
+        Trial(index=1, run_id="t1", params={}, state="completed", results=[RungResult(rung=0, steps=20, score=0.5)]),
+    ]
+    spec = SweepSpec.model_validate({"id": "s", "space": {"params": SPACE}, "trials": 2, "base": {"max_steps": 20}})
+    state = SweepState(spec=spec, options=RunOptions(storage_uri=str(tmp_path)), table=TrialTable.of(trials))
+    uri = str(tmp_path / "leaderboard.png")
+    assert plot(PlotRequest(state=state, uri=uri)) == uri
+    assert (tmp_path / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_a_tpe_proposal_carries_a_bounded_history_with_the_best_and_the_newest(mode, monkeypatch):
     from orchestration.sweeps.trials import TPE_GOOD, RungResult, Trial, TrialTable

@@ -132,7 +132,9 @@ def plot(req: PlotRequest) -> str:
 
     spec, table = req.state.spec, req.state.table
     fig, ax = plt.subplots(figsize=(8, 5))
+    # a trial that failed before its first result has no curve (matplotlib 3.11 refuses an empty one)
     curves = [[(table.result_steps[p], table.result_score[p]) for p in table.positions(i)] for i in range(len(table))]
+    curves = [curve for curve in curves if curve]
     # one artist for every curve: 100,000 trials draw in seconds, where a line each took minutes
     ax.add_collection(LineCollection(curves, colors=plt.rcParams["axes.prop_cycle"].by_key()["color"], lw=1, alpha=0.7))
     ax.scatter(table.result_steps, table.result_score, s=9, color="black", alpha=0.5, zorder=3)
