@@ -28,7 +28,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, Work
 from temporalio.service import RPCError
 
 from orchestration import inventory, scaleup
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.config_loading import ConfigError, anchored, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
@@ -240,7 +240,7 @@ def run_options(settings: Settings, **options) -> RunOptions:
 
 async def result_of(handle: WorkflowHandle, what: str):
     try:
-        return await handle.result()
+        return await wait_for_result(handle)
     except WorkflowFailureError as exc:
         raise CliError(f"{what} failed: {root_message(exc)}") from None
 
@@ -350,10 +350,8 @@ async def launch_training(
 
 async def execute(client: Client, settings: Settings, run, req, workflow_id: str, what: str):
     """Run a short workflow on the orchestration queue to its result, or one line saying why it failed."""
-    try:
-        return await client.execute_workflow(run, req, id=workflow_id, task_queue=settings.orchestration_queue)
-    except WorkflowFailureError as exc:
-        raise CliError(f"{what} failed: {root_message(exc)}") from None
+    handle = await client.start_workflow(run, req, id=workflow_id, task_queue=settings.orchestration_queue)
+    return await result_of(handle, what)
 
 
 def export_target(directory: str | Path) -> Path:

@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 from orchestration.api import run_status
+from orchestration.client import wait_for_result
 from orchestration.errors import CliError, root_message
 from orchestration.sweeps.models import SweepLeaderboard
 from orchestration.types import CoordinatorResult, EvaluationResult, TrainingResult
@@ -22,7 +23,7 @@ TABLE_TOP = 20  # rows of the leaderboard table unless --top says otherwise
 
 async def wait_reporting(handle: WorkflowHandle, line, what: str, every_s: float = 5.0):
     """The workflow's result; meanwhile `line()` (a live query) goes to stderr every few seconds."""
-    result_task = asyncio.ensure_future(handle.result())
+    result_task = asyncio.ensure_future(wait_for_result(handle))
     while not result_task.done():
         await asyncio.wait([result_task], timeout=every_s)
         if not result_task.done():
@@ -39,7 +40,7 @@ async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) ->
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar
 
-    result_task = asyncio.ensure_future(handle.result())
+    result_task = asyncio.ensure_future(wait_for_result(handle))
     with Bar(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -16,7 +16,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from temporalio.client import WorkflowFailureError
 
 from cluster import local_stack
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.ray_submission import RUN_ID_KEY
 from orchestration.types import CoordinatorRequest, CoordinatorResult, Experiment, RunOptions, RunStatus
 from orchestration.workflows.coordinator import CoordinatorWorkflow
@@ -66,7 +66,7 @@ def test_experiments_survive_a_killed_training_worker_and_reuse_identical_runs(s
         os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: not local_stack.pid_alive(pid), 10, "the worker to die")
         local_stack.start_worker(stack, "training")
-        return await handle.result()
+        return await wait_for_result(handle)
 
     result = run(go())
     rows = {r.experiment: r for r in result.rows}
@@ -131,7 +131,7 @@ def test_cancelling_the_coordinator_stops_every_ray_job(stack):
         await wait_until(lambda: len(live_jobs()) == 2, 240, "both Ray jobs to run")
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
-            await handle.result()
+            await wait_for_result(handle)
         for i in range(2):
             desc = await client.get_workflow_handle(f"it-cancel-c{i}").describe()
             assert desc.status is not None and desc.status.name == "CANCELED", desc.status

@@ -28,7 +28,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.history import read_history
@@ -95,7 +95,7 @@ def test_training_worker_stopped_then_killed_reattaches_and_a_cancel_meanwhile_s
         await asyncio.sleep(8)  # past the heartbeat timeout: the attempt is gone, nobody can stop the job yet
         orphan_window = jobs.get_job_status(doomed_job)
         local_stack.start_worker(stack, "training")
-        result = await long.result()
+        result = await wait_for_result(long)
 
         async def closed():
             desc = await doomed.describe()
@@ -135,13 +135,13 @@ async def stopped_job(stack) -> tuple[TrainingResult, RunStatus]:
     handle = await start_training(client, stack, "it-exact-interrupted", crash_config())
     status = await first_checkpoint(handle)
     JobSubmissionClient(stack.ray_dashboard_url).stop_job(status.ray_job_id)
-    result = await handle.result()
+    result = await wait_for_result(handle)
     return result, await status_of(handle)
 
 
 async def uninterrupted(stack) -> TrainingResult:
     client = await connect(stack)
-    return await (await start_training(client, stack, "it-exact-reference", crash_config())).result()
+    return await wait_for_result(await start_training(client, stack, "it-exact-reference", crash_config()))
 
 
 async def hung_worker(stack) -> tuple[TrainingResult, RunStatus]:
@@ -152,7 +152,7 @@ async def hung_worker(stack) -> tuple[TrainingResult, RunStatus]:
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)  # alive to every health check, but no step ever advances
     try:
-        result = await handle.result()
+        result = await wait_for_result(handle)
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -210,16 +210,19 @@ def test_a_machine_reboot_temporal_and_the_ray_head_killed_and_started_again(sta
         client = await connect(stack)
         handle = await start_training(client, stack, "it-reboot", crash_config())
         await first_checkpoint(handle)
+        # a user waiting on the result (`ttrain train` follows its run) through the outage, on the client it had
+        waiting = asyncio.ensure_future(wait_for_result(handle))
         temporal, ray_head = local_stack.read_pid(stack, "temporal"), local_stack.read_pid(stack, "ray")
         os.kill(temporal, signal.SIGKILL)
         os.killpg(ray_head, signal.SIGKILL)  # the head and everything it started: GCS, dashboard, the job, its workers
         await wait_until(lambda: not (local_stack.pid_alive(temporal) or local_stack.pid_alive(ray_head)), 10, "both")
         await asyncio.sleep(2)
+        local_stack.start_ray(stack, num_cpus=4)  # ~30 s: Temporal stays down longer than the SDK's own retries
         local_stack.start_temporal(stack)
-        local_stack.start_ray(stack, num_cpus=4)
         client = await connect(stack)
         handle = client.get_workflow_handle(handle.id, result_type=TrainingResult)
-        result = await handle.result()
+        result = await wait_for_result(handle)
+        assert (await waiting) == result
         return result, await status_of(handle)
 
     result, status = run(go())

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from temporalio.client import WorkflowFailureError
 
 from orchestration.api import start_training
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.errors import root_message
 from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus, TrainingResult
@@ -72,7 +72,7 @@ async def killed_run(stack, config_file: Path) -> tuple[TrainingResult, RunStatu
     await wait_until(lambda: read_commits(run_uri, job, 0), 120, "the first committed checkpoint", interval=0.05)
     os.kill(pids[0], signal.SIGKILL)  # a lost worker, mid-run
     handle = client.get_workflow_handle("it-custom-killed", result_type=TrainingResult)
-    result = await handle.result()
+    result = await wait_for_result(handle)
     return result, await handle.query(CheckpointedTrainingWorkflow.status), pids
 
 
@@ -84,7 +84,7 @@ async def _attempt(client, run_id: str):
 async def finished_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[TrainingResult, RunStatus]:
     client = await connect(stack)
     handle = await start_training(client, stack, run_id, config)
-    result = await handle.result()
+    result = await wait_for_result(handle)
     return result, await handle.query(CheckpointedTrainingWorkflow.status)
 
 
@@ -92,7 +92,7 @@ async def failed_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[str
     client = await connect(stack)
     handle = await start_training(client, stack, run_id, config)
     with pytest.raises(WorkflowFailureError) as failed:
-        await handle.result()
+        await wait_for_result(handle)
     return root_message(failed.value), await handle.query(CheckpointedTrainingWorkflow.status)
 
 
@@ -119,7 +119,7 @@ async def custom_sweep(stack, runtime_env: dict) -> tuple[SweepState, RunStatus,
     handle = await client.start_workflow(
         SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=stack.orchestration_queue
     )
-    state = await handle.result()
+    state = await wait_for_result(handle)
     (promoted,) = [t for t in state.trials if len(t.results) == 2]
     return state, await status_of(client, f"{promoted.run_id}-r0"), await status_of(client, f"{promoted.run_id}-r1")
 

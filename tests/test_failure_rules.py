@@ -4,7 +4,9 @@ outcome classification, NaN on the wire, id reuse differences and what a model c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -389,3 +391,50 @@ def test_large_payloads_become_claim_checks_and_everything_else_passes_through(t
     blob.write_bytes(b"tampered")
     with pytest.raises(ValueError, match="does not match its hash"):
         asyncio.run(codec.decode([encoded[1]]))
+
+
+# --- waiting for a result -------------------------------------------------------------------------------------------
+
+
+class FlakyServer:
+    """A workflow handle's two calls, failing as a loaded or restarting server fails them (seen in a suite run: a
+    result long poll answered DEADLINE_EXCEEDED while the run went on and completed)."""
+
+    def __init__(self, result_errors: list, describe_errors: Iterable) -> None:
+        self.result_errors, self.describe_errors, self.asked = result_errors, iter(describe_errors), 0
+
+    async def describe(self) -> None:
+        if (error := next(self.describe_errors, None)) is not None:
+            raise error
+
+    async def result(self) -> str:
+        self.asked += 1
+        if self.result_errors:
+            raise self.result_errors.pop(0)
+        return "done"
+
+
+def rpc_error(status):
+    from temporalio.service import RPCError
+
+    return RPCError("context deadline exceeded", status, b"")
+
+
+def test_a_result_wait_outlasts_a_server_that_answers_late_or_restarts(monkeypatch):
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from orchestration import client
+
+    monkeypatch.setattr(client, "wait_exponential", lambda **_: lambda _: 0.0)
+    late, down = rpc_error(RPCStatusCode.DEADLINE_EXCEEDED), rpc_error(RPCStatusCode.UNAVAILABLE)
+    server = FlakyServer(result_errors=[late, down, late], describe_errors=[down])
+    assert asyncio.run(client.wait_for_result(server)) == "done" and server.asked == 4
+    # what does not pass is not waited out, and a server silent for longer than the patience ends the wait
+    refused = FlakyServer(result_errors=[rpc_error(RPCStatusCode.PERMISSION_DENIED)], describe_errors=[])
+    with pytest.raises(RPCError, match="deadline"):
+        asyncio.run(client.wait_for_result(refused))
+    assert refused.asked == 1
+    silent = FlakyServer(result_errors=[], describe_errors=itertools.repeat(down))
+    with pytest.raises(RPCError):
+        asyncio.run(client.wait_for_result(silent, patience_s=0.05))
+    assert silent.asked == 0

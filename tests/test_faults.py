@@ -32,7 +32,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.ray_submission import INCARNATION_KEY, RUN_ID_KEY, RaySubmission
 from orchestration.types import RunStatus
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
@@ -124,7 +124,7 @@ async def failed_write(stack) -> dict:
     blocker = Path(job_dir(os.path.join(stack.storage_uri, "runs", "it-write-fault"), job_id)) / f"step_{2 * EVERY:08d}"
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where a checkpoint's directory must go")  # that upload fails
-    await handle.result()
+    await wait_for_result(handle)
     stranger_after = JobSubmissionClient(stack.ray_dashboard_url).get_job_status(stranger)
     return {"status": await status_of(handle), "stranger": stranger, "stranger_after": stranger_after}
 
@@ -147,7 +147,7 @@ async def unwatched_commits(stack) -> dict:
         )
         await asyncio.to_thread(RaySubmission(stack.ray_address).stop, first.ray_job_id)
         local_stack.start_worker(own, "training")
-        await handle.result()
+        await wait_for_result(handle)
         return {"first": first, "gap": gap, "status": await status_of(handle)}
     finally:
         local_stack.stop(own, "worker-training")
@@ -199,7 +199,7 @@ async def long_run(stack) -> dict:
     )
     client = await connect(stack)
     handle = await start_training(client, stack, "it-long", config, history_limit=25)
-    result = await handle.result()
+    result = await wait_for_result(handle)
     return {
         "result": result,
         "status": await status_of(handle),
@@ -225,9 +225,10 @@ async def diverged_sweep_trial(stack):
     )
     options = RunOptions(storage_uri=stack.storage_uri, training_queue=stack.training_queue)
     client = await connect(stack)
-    return await client.execute_workflow(
+    handle = await client.start_workflow(
         SweepWorkflow.run, SweepState(spec=spec, options=options), id=spec.id, task_queue=stack.orchestration_queue
     )
+    return await wait_for_result(handle)
 
 
 async def too_long_input(stack) -> dict:
@@ -387,7 +388,7 @@ def test_a_hung_ray_jobs_api_is_waited_out_inside_the_attempt(stack):
             seen = ttrain("status", "it-outage", "--json")
         finally:
             os.kill(pid, signal.SIGCONT)
-        await handle.result()
+        await wait_for_result(handle)
         return await status_of(handle), json.loads(seen.stdout)
 
     status, during = run(go())

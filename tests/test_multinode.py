@@ -20,7 +20,7 @@ from ray.util.state import list_actors, list_nodes
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import storage
@@ -135,7 +135,7 @@ def test_trainer_node_lost_mid_run_resumes_from_ledger_when_capacity_returns(tmp
         )
         _, new_trainer_id = local_stack.raylet_of(trainer)
         t_back = time.monotonic()
-        result = await handle.result()
+        result = await wait_for_result(handle)
         timings["finish_after_capacity_s"] = time.monotonic() - t_back
         status = await handle.query(CheckpointedTrainingWorkflow.status)
         placed = {a.node_id for a in train_workers(settings)}

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cluster import local_stack
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus
 from orchestration.workflows.sweep import SweepWorkflow
@@ -72,7 +72,7 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
             await wait_until(lambda p=pid: not local_stack.pid_alive(p), 10, f"{name} to die")
         for queue in ("training", "orchestration"):
             local_stack.start_worker(stack, queue)
-        state = await handle.result()
+        state = await wait_for_result(handle)
         promoted = next(t for t in state.trials if len(t.results) == 2)
         rung1 = await client.get_workflow_handle(f"{promoted.run_id}-r1").query(CheckpointedTrainingWorkflow.status)
         return state, rung1
@@ -139,7 +139,7 @@ def warm_promotion(stack) -> None:
         after = train_worker_pids(stack, job)
         for pid in after:  # between the rungs: no checkpoint but the rung's to resume from
             os.kill(pid, signal.SIGKILL)
-        state = await asyncio.wait_for(handle.result(), 300)
+        state = await asyncio.wait_for(wait_for_result(handle), 300)
         return state, rung0, await started("it-warm-t0000-r1"), before, after
 
     state, rung0, rung1, before, after = run(go())
@@ -186,7 +186,7 @@ def sweep_cli(stack, tmp_path: Path) -> None:
 
     async def finished():
         client = await connect(stack)
-        return await asyncio.wait_for(client.get_workflow_handle("it-cli-sweep").result(), 120)
+        return await asyncio.wait_for(wait_for_result(client.get_workflow_handle("it-cli-sweep")), 120)
 
     run(finished())
     assert board()["trials_started"] == 6
@@ -213,7 +213,9 @@ def sweep_cli(stack, tmp_path: Path) -> None:
 
     async def lenient_result():
         client = await connect(stack)
-        return await asyncio.wait_for(client.get_workflow_handle("it-cli-lenient", result_type=SweepState).result(), 60)
+        return await asyncio.wait_for(
+            wait_for_result(client.get_workflow_handle("it-cli-lenient", result_type=SweepState)), 60
+        )
 
     climbed = [t for t in run(lenient_result()).trials if len(t.results) > 1]
     assert climbed and climbed[0].index == 0  # the first result at a rung always goes on

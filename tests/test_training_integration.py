@@ -14,7 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from orchestration.api import start_training
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.types import InferenceRequest, InferenceResult, RunStatus, TrainingResult
 from orchestration.workflows.inference import InferenceWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
@@ -31,7 +31,7 @@ def trained(stack):
     async def go() -> TrainingResult:
         client = await connect(stack)
         handle = await start_training(client, stack, "it-happy", tiny_config(eval_every_steps=4))
-        return await handle.result()
+        return await wait_for_result(handle)
 
     return "it-happy", run(go())
 
@@ -82,9 +82,10 @@ def test_inference_returns_labels_and_confidences(stack, trained):
     async def go() -> InferenceResult:
         client = await connect(stack)
         req = InferenceRequest(run_id=run_id, texts=["a wonderful film", "a dreadful film"])
-        return await client.execute_workflow(
+        handle = await client.start_workflow(
             InferenceWorkflow.run, req, id=f"{run_id}-infer", task_queue=stack.orchestration_queue
         )
+        return await wait_for_result(handle)
 
     result = run(go())
     assert result.checkpoint_step == 12

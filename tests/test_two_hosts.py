@@ -21,7 +21,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect
+from orchestration.client import connect, wait_for_result
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import storage
@@ -97,7 +97,7 @@ def test_training_worker_on_another_host_resumes_from_the_ledger_uri(tmp_path, m
         shutil.rmtree(hosts[holder].home)
         t_kill = time.monotonic()
 
-        result = await handle.result()
+        result = await wait_for_result(handle)
         timings["finish_after_kill_s"] = time.monotonic() - t_kill
         status = await handle.query(CheckpointedTrainingWorkflow.status)
         completed_by = [
