@@ -42,7 +42,11 @@ async def wait_for_result(handle: WorkflowHandle, patience_s: float = RESULT_PAT
         nonlocal answered
         await handle.describe()  # it answers: the patience starts again
         answered = time.monotonic()
-        return await handle.result()
+        try:
+            return await handle.result()
+        except RPCError:
+            answered = time.monotonic()  # its long polls were answered until now (a wait may have lasted days)
+            raise
 
     return await AsyncRetrying(
         retry=retry_if_exception(lambda exc: isinstance(exc, RPCError) and exc.status in PASSING),

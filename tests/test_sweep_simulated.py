@@ -284,19 +284,18 @@ def test_bad_sweep_specs_are_refused(bad):
 def test_proxy_trainer_ladder_sweep_learns_and_resumes_from_rung_checkpoints(tmp_path, task):
     space = {"params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1.0}}}
     ladder = {"min_steps": 30, "max_steps": 270, "eta": 3}
-    # One segment at a time, so the order results arrive in is known. Which trials climb depends on that order (ASHA
-    # promotes by the results seen so far: 9 results arriving worst first take 6 trials to rung 1 and 2 to the top),
-    # so the test replays the arrivals through the rule rather than expecting 9 -> 3 -> 1.
+    # One segment at a time, so each result frees the one slot. Which trials climb depends on the order results
+    # arrive in (ASHA promotes by the results seen so far: 9 arriving worst first take up to 7 trials to rung 1), so
+    # the test replays the arrivals, in the order the table recorded them, through the rule.
     s = spec(
         id=f"proxy-{task}", trainer="proxy", proxy_task=task, trials=9, space=space, ladder=ladder, max_concurrency=1
     )
     ((state, _),) = run(run_sweeps([s], tmp_path))
     assert len(state.trials) == 9
-    arrivals = sorted((r.finished_at, t.index, r) for t in state.trials for r in t.results)
-    rule, expected = Ladder(30, 270, eta=3), set()
-    for _, index, r in arrivals:  # each result frees the one slot: a promotion takes it if the rule allows one
-        rule.record(index, r.rung, r.score)
-        if (promoted := rule.promotion()) is not None:
+    rule, expected, table = Ladder(30, 270, eta=3), set(), state.table
+    for index, rung, score in zip(table.result_trial, table.result_rung, table.result_score, strict=True):
+        rule.record(index, rung, score)
+        if (promoted := rule.promotion()) is not None:  # a promotion takes the freed slot if the rule allows one
             expected.add(promoted)
     assert {(t.index, r.rung) for t in state.trials for r in t.results if r.rung > 0} == expected
     at = [sum(len(t.results) > k for t in state.trials) for k in range(3)]
