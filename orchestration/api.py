@@ -28,7 +28,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, Work
 from temporalio.service import RPCError
 
 from orchestration import inventory, scaleup
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.config_loading import ConfigError, anchored, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
@@ -289,9 +289,10 @@ async def live_progress(client: Client, handle: WorkflowHandle) -> Progress | No
 
 
 async def query(client: Client, workflow_id: str, query_fn, what: str, *args):
-    """A workflow's query answer, or one line saying why there is none (unknown id, no worker)."""
+    """A workflow's query answer, or one line saying why there is none (unknown id, no worker, a server that stayed
+    busy or down)."""
     try:
-        return await client.get_workflow_handle(workflow_id).query(query_fn, *args)
+        return await patient_query(client.get_workflow_handle(workflow_id), query_fn, *args)
     except RPCError as exc:
         raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
     except WorkflowQueryFailedError as exc:  # e.g. not that kind of workflow, or a query its release lacks

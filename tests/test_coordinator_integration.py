@@ -16,7 +16,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from temporalio.client import WorkflowFailureError
 
 from cluster import local_stack
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.ray_submission import RUN_ID_KEY
 from orchestration.types import CoordinatorRequest, CoordinatorResult, Experiment, RunOptions, RunStatus
 from orchestration.workflows.coordinator import CoordinatorWorkflow
@@ -37,7 +37,7 @@ def request(stack, experiment_id: str, experiments: list[Experiment], **kw) -> C
 
 async def training_status(client, run_id: str) -> RunStatus | None:
     try:
-        return await client.get_workflow_handle(run_id).query(CheckpointedTrainingWorkflow.status)
+        return await patient_query(client.get_workflow_handle(run_id), CheckpointedTrainingWorkflow.status)
     except Exception:
         return None
 

@@ -28,7 +28,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs.history import read_history
@@ -46,7 +46,7 @@ def crash_config(steps: int = STEPS):
 
 
 async def status_of(handle) -> RunStatus:
-    return await handle.query(CheckpointedTrainingWorkflow.status)
+    return await patient_query(handle, CheckpointedTrainingWorkflow.status)
 
 
 async def first_checkpoint(handle) -> RunStatus:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from temporalio.client import WorkflowFailureError
 
 from orchestration.api import start_training
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.errors import root_message
 from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus, TrainingResult
@@ -52,7 +52,7 @@ def custom_config(**overrides) -> CustomTrainConfig:
 
 async def status_of(client, workflow_id: str) -> RunStatus | None:
     try:
-        return await client.get_workflow_handle(workflow_id).query(CheckpointedTrainingWorkflow.status)
+        return await patient_query(client.get_workflow_handle(workflow_id), CheckpointedTrainingWorkflow.status)
     except Exception:
         return None
 
@@ -73,7 +73,7 @@ async def killed_run(stack, config_file: Path) -> tuple[TrainingResult, RunStatu
     os.kill(pids[0], signal.SIGKILL)  # a lost worker, mid-run
     handle = client.get_workflow_handle("it-custom-killed", result_type=TrainingResult)
     result = await wait_for_result(handle)
-    return result, await handle.query(CheckpointedTrainingWorkflow.status), pids
+    return result, await patient_query(handle, CheckpointedTrainingWorkflow.status), pids
 
 
 async def _attempt(client, run_id: str):
@@ -85,7 +85,7 @@ async def finished_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[T
     client = await connect(stack)
     handle = await start_training(client, stack, run_id, config)
     result = await wait_for_result(handle)
-    return result, await handle.query(CheckpointedTrainingWorkflow.status)
+    return result, await patient_query(handle, CheckpointedTrainingWorkflow.status)
 
 
 async def failed_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[str, RunStatus]:
@@ -93,7 +93,7 @@ async def failed_run(stack, run_id: str, config: CustomTrainConfig) -> tuple[str
     handle = await start_training(client, stack, run_id, config)
     with pytest.raises(WorkflowFailureError) as failed:
         await wait_for_result(handle)
-    return root_message(failed.value), await handle.query(CheckpointedTrainingWorkflow.status)
+    return root_message(failed.value), await patient_query(handle, CheckpointedTrainingWorkflow.status)
 
 
 def mlflow_env(tmp: Path) -> dict:

@@ -445,3 +445,39 @@ def test_a_result_wait_outlasts_a_server_that_answers_late_or_restarts(monkeypat
     with pytest.raises(RPCError, match="UNAVAILABLE"):
         asyncio.run(client.wait_for_result(silent, patience_s=0.05))
     assert silent.asked == 0
+
+
+class BusyWorkflow:
+    """A workflow handle whose queries meet a busy workflow or a restarting server (seen in a suite run: a status
+    query among eight runs polled at once answered RESOURCE_EXHAUSTED "Workflow is busy", and the test failed)."""
+
+    def __init__(self, errors: Iterable) -> None:
+        self.errors, self.asked = iter(errors), 0
+
+    async def query(self, query: str, *args):
+        self.asked += 1
+        if (error := next(self.errors, None)) is not None:
+            raise error
+        return query, args
+
+
+def test_a_query_outlasts_a_busy_workflow_and_a_restarting_server(monkeypatch):
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from orchestration import client
+
+    monkeypatch.setattr(client, "wait_exponential", lambda **_: lambda _: 0.0)
+    busy, down = rpc_error(RPCStatusCode.RESOURCE_EXHAUSTED), rpc_error(RPCStatusCode.UNAVAILABLE)
+    handle = BusyWorkflow([busy, down, busy])
+    assert asyncio.run(client.patient_query(handle, "status", 7)) == ("status", (7,)) and handle.asked == 4
+    # a query that timed out (no worker may be there to answer it) or names no workflow is not asked again
+    for status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.NOT_FOUND):
+        handle = BusyWorkflow([rpc_error(status)])
+        with pytest.raises(RPCError, match=status.name):
+            asyncio.run(client.patient_query(handle, "status"))
+        assert handle.asked == 1
+    # busy for longer than the patience: the last answer is what the caller gets
+    handle = BusyWorkflow(itertools.repeat(busy))
+    with pytest.raises(RPCError, match="RESOURCE_EXHAUSTED"):
+        asyncio.run(client.patient_query(handle, "status", patience_s=0.05))
+    assert handle.asked > 1

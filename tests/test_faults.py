@@ -32,7 +32,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.ray_submission import INCARNATION_KEY, RUN_ID_KEY, RaySubmission
 from orchestration.types import RunStatus
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
@@ -58,7 +58,7 @@ async def cli(*args: str):
 
 async def run_status(stack, run_id: str) -> RunStatus:
     client = await connect(stack)
-    return await client.get_workflow_handle(run_id).query(CheckpointedTrainingWorkflow.status)
+    return await patient_query(client.get_workflow_handle(run_id), CheckpointedTrainingWorkflow.status)
 
 
 async def diverged_run(stack) -> dict:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from orchestration.activities.snapshot import build as build_snapshot
 from orchestration.activities.training import runs_root, submit_job
-from orchestration.client import connect
+from orchestration.client import connect, patient_query
 from orchestration.ray_submission import RUN_ID_KEY, RaySubmission
 from orchestration.types import RunStatus, SnapshotRequest
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
@@ -140,7 +140,7 @@ def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
 
             async def has_one():
                 try:
-                    s = await handle.query(CheckpointedTrainingWorkflow.status)
+                    s = await patient_query(handle, CheckpointedTrainingWorkflow.status)
                 except Exception:
                     return None
                 return s if s.checkpoints else None
@@ -158,7 +158,9 @@ def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
     assert cli.returncode == 0, err
 
     async def final() -> RunStatus:
-        return await (await connect(stack)).get_workflow_handle(run_id).query(CheckpointedTrainingWorkflow.status)
+        return await patient_query(
+            (await connect(stack)).get_workflow_handle(run_id), CheckpointedTrainingWorkflow.status
+        )
 
     status = run(final())
     steps = 15000 // 64

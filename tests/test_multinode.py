@@ -20,7 +20,7 @@ from ray.util.state import list_actors, list_nodes
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import storage
@@ -93,7 +93,7 @@ def test_trainer_node_lost_mid_run_resumes_from_ledger_when_capacity_returns(tmp
         )
 
         async def checkpointed():
-            s = await handle.query(CheckpointedTrainingWorkflow.status)
+            s = await patient_query(handle, CheckpointedTrainingWorkflow.status)
             return s if s.checkpoints and s.ray_job_id else None
 
         before = await wait_until(checkpointed, 180, "the first committed checkpoint")
@@ -118,12 +118,12 @@ def test_trainer_node_lost_mid_run_resumes_from_ledger_when_capacity_returns(tmp
 
         # no capacity: the activity's next attempt is up, but nothing trains
         async def retried():
-            s = await handle.query(CheckpointedTrainingWorkflow.status)
+            s = await patient_query(handle, CheckpointedTrainingWorkflow.status)
             return s if len(s.attempts) >= 2 else None
 
         waiting = (await wait_until(retried, 60, "the activity's next attempt")).attempts[-1].ray_job_id
         await asyncio.sleep(5)
-        stalled = await handle.query(CheckpointedTrainingWorkflow.status)
+        stalled = await patient_query(handle, CheckpointedTrainingWorkflow.status)
         assert stalled.state == "training" and not train_workers(settings, "ALIVE")
         assert all(c.ray_job_id != waiting for c in stalled.checkpoints)
         run_uri = storage.join(settings.storage_uri, "runs", "mn-node-loss")
@@ -137,7 +137,7 @@ def test_trainer_node_lost_mid_run_resumes_from_ledger_when_capacity_returns(tmp
         t_back = time.monotonic()
         result = await wait_for_result(handle)
         timings["finish_after_capacity_s"] = time.monotonic() - t_back
-        status = await handle.query(CheckpointedTrainingWorkflow.status)
+        status = await patient_query(handle, CheckpointedTrainingWorkflow.status)
         placed = {a.node_id for a in train_workers(settings)}
         ids = {"head": head_id, "lost": trainer_id, "new": new_trainer_id, "first_job": first_job}
         return result, status, {**ids, "before": before, "killed_at": killed_at, "placed": placed}

@@ -22,7 +22,7 @@ import pytest
 import torch.distributed
 
 from orchestration.api import start_training
-from orchestration.client import connect
+from orchestration.client import connect, patient_query
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from tests.helpers import run, tiny_config, wait_until
 
@@ -122,7 +122,7 @@ def test_everything_listens_on_loopback_or_refuses_without_the_token(stack):
         handle = await start_training(client, stack, "it-exposure", tiny_config(max_steps=2000))
 
         async def checkpointed():
-            return (await handle.query(CheckpointedTrainingWorkflow.status)).checkpoints
+            return (await patient_query(handle, CheckpointedTrainingWorkflow.status)).checkpoints
 
         await wait_until(checkpointed, 240, "the job's first checkpoint")
         found = listeners(stack_pids(stack.home))

@@ -16,7 +16,7 @@ import pytest
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from tests.helpers import run, tiny_config, ttrain
@@ -78,7 +78,7 @@ def test_a_run_keeps_everything_in_s3(tmp_path, monkeypatch):
         handle = await start_training(client, settings, "s3-run", config, heartbeat_timeout_s=10, poll_interval_s=1)
         result = await wait_for_result(handle)
         timings["run_s"] = time.monotonic() - t0 - timings["stack_up_s"]
-        return result, await handle.query(CheckpointedTrainingWorkflow.status)
+        return result, await patient_query(handle, CheckpointedTrainingWorkflow.status)
 
     import boto3  # comes with moto
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cluster import local_stack
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus
 from orchestration.workflows.sweep import SweepWorkflow
@@ -60,7 +60,9 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
 
         async def a_checkpoint():
             try:
-                s = await client.get_workflow_handle("it-sweep-t0000-r0").query(CheckpointedTrainingWorkflow.status)
+                s = await patient_query(
+                    client.get_workflow_handle("it-sweep-t0000-r0"), CheckpointedTrainingWorkflow.status
+                )
             except Exception:
                 return False
             return bool(s.checkpoints)
@@ -74,7 +76,9 @@ def test_ladder_sweep_survives_worker_kills_and_promotes_from_rung_checkpoints(s
             local_stack.start_worker(stack, queue)
         state = await wait_for_result(handle)
         promoted = next(t for t in state.trials if len(t.results) == 2)
-        rung1 = await client.get_workflow_handle(f"{promoted.run_id}-r1").query(CheckpointedTrainingWorkflow.status)
+        rung1 = await patient_query(
+            client.get_workflow_handle(f"{promoted.run_id}-r1"), CheckpointedTrainingWorkflow.status
+        )
         return state, rung1
 
     state, rung1 = run(go())
@@ -120,7 +124,7 @@ def warm_promotion(stack) -> None:
 
         async def started(workflow_id: str) -> RunStatus | None:
             try:
-                s = await client.get_workflow_handle(workflow_id).query(CheckpointedTrainingWorkflow.status)
+                s = await patient_query(client.get_workflow_handle(workflow_id), CheckpointedTrainingWorkflow.status)
             except Exception:
                 return None
             return s if s.attempts else None

@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from orchestration.activities.sweeps import SWEEP_ACTIVITIES
+from orchestration.client import patient_query
 from orchestration.sweeps.models import SweepSpec, SweepState, TpeRequest
 from orchestration.types import RunOptions
 from orchestration.workflows.sweep import SweepWorkflow
@@ -56,7 +57,7 @@ def test_side_job_failures_are_warnings_and_the_sweep_completes(tmp_path):
             state = SweepState(spec=spec, options=RunOptions(storage_uri=str(storage)))
             handle = await env.client.start_workflow(SweepWorkflow.run, state, id=spec.id, task_queue="side")
             final = await handle.result()
-            return final, await handle.query(SweepWorkflow.state)  # answered after the sweep closed
+            return final, await patient_query(handle, SweepWorkflow.state)  # answered after the sweep closed
 
     final, queried = run(go())
     assert len(final.trials) == 6 and all(t.state == "completed" for t in final.trials)

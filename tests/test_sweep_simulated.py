@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from orchestration.activities.sweeps import SWEEP_ACTIVITIES, propose
+from orchestration.client import patient_query
 from orchestration.sweeps.ladder import Ladder
 from orchestration.sweeps.models import (
     BEST_SCORE,
@@ -233,7 +234,7 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
             s = spec(id="ctl", trials=9)
             state = SweepState(spec=s, options=RunOptions(storage_uri=str(tmp_path)), paused=True)
             handle = await env.client.start_workflow(SweepWorkflow.run, state, id=s.id, task_queue="ctl")
-            board = await handle.query(SweepWorkflow.leaderboard)
+            board = await patient_query(handle, SweepWorkflow.leaderboard)
             assert board.paused and board.trials_started == 0  # paused: nothing starts
             assert await handle.execute_update(SweepWorkflow.add_trials, 3) == 12
             with pytest.raises(WorkflowUpdateFailedError):  # past what a continue-as-new can carry: refused
@@ -252,10 +253,10 @@ def test_live_control_and_extending_a_finished_sweep(tmp_path):
             extended = await handle.result()
             assert len(extended.trials) == 18
             assert [t.results[0] for t in extended.trials[:12]] == [t.results[0] for t in first.trials]
-            whole = await handle.query(SweepWorkflow.leaderboard)
-            page = await handle.query(SweepWorkflow.leaderboard, BoardPage(offset=5, limit=4))
+            whole = await patient_query(handle, SweepWorkflow.leaderboard)
+            page = await patient_query(handle, SweepWorkflow.leaderboard, BoardPage(offset=5, limit=4))
             assert len(whole.trials) == 18 and page.trials == whole.trials[5:9] and page.offset == 5
-            assert (await handle.query(SweepWorkflow.leaderboard, BoardPage(limit=0))).best == whole.best
+            assert (await patient_query(handle, SweepWorkflow.leaderboard, BoardPage(limit=0))).best == whole.best
 
             stopped = SweepState(spec=spec(id="ctl-stop", trials=50), options=state.options, paused=True)
             handle = await env.client.start_workflow(SweepWorkflow.run, stopped, id="ctl-stop", task_queue="ctl")

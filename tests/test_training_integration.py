@@ -14,7 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from orchestration.api import start_training
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.types import InferenceRequest, InferenceResult, RunStatus, TrainingResult
 from orchestration.workflows.inference import InferenceWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
@@ -38,7 +38,9 @@ def trained(stack):
 
 def run_status_of(stack, run_id: str) -> RunStatus:
     async def go() -> RunStatus:
-        return await (await connect(stack)).get_workflow_handle(run_id).query(CheckpointedTrainingWorkflow.status)
+        return await patient_query(
+            (await connect(stack)).get_workflow_handle(run_id), CheckpointedTrainingWorkflow.status
+        )
 
     return run(go())
 

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from orchestration.client import patient_query
 from orchestration.types import (
     DatasetSnapshot,
     RunOptions,
@@ -122,7 +123,7 @@ async def run_workflow(
         try:
             return await handle.result()
         finally:
-            stubs.status = await handle.query(CheckpointedTrainingWorkflow.status)
+            stubs.status = await patient_query(handle, CheckpointedTrainingWorkflow.status)
             stubs.report = await listener.result() if listener else None
 
 

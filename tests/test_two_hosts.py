@@ -21,7 +21,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from cluster import local_stack
 from orchestration.api import start_training
-from orchestration.client import connect, wait_for_result
+from orchestration.client import connect, patient_query, wait_for_result
 from orchestration.types import RunStatus, TrainingResult
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
 from ray_jobs import storage
@@ -76,7 +76,7 @@ def test_training_worker_on_another_host_resumes_from_the_ledger_uri(tmp_path, m
         handle = await start_training(client, settings, "two-hosts", config(), heartbeat_timeout_s=5, poll_interval_s=1)
 
         async def checkpointed():
-            s = await handle.query(CheckpointedTrainingWorkflow.status)
+            s = await patient_query(handle, CheckpointedTrainingWorkflow.status)
             return s if s.checkpoints and s.ray_job_id else None
 
         before = await wait_until(checkpointed, 180, "the first committed checkpoint")
@@ -99,7 +99,7 @@ def test_training_worker_on_another_host_resumes_from_the_ledger_uri(tmp_path, m
 
         result = await wait_for_result(handle)
         timings["finish_after_kill_s"] = time.monotonic() - t_kill
-        status = await handle.query(CheckpointedTrainingWorkflow.status)
+        status = await patient_query(handle, CheckpointedTrainingWorkflow.status)
         completed_by = [
             identity_pid(e.activity_task_completed_event_attributes.identity)
             async for e in handle.fetch_history_events()

@@ -10,8 +10,10 @@ import asyncio
 from functools import lru_cache
 
 from temporalio import activity
+from temporalio.service import RPCError
 
 from orchestration.activities.heartbeat import in_thread
+from orchestration.client import BUSY, patient_query
 from orchestration.errors import invalid
 from orchestration.ledger import choose, present
 from orchestration.types import (
@@ -34,8 +36,10 @@ async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts
     sweep's clean-up) removed is refused in one line that lists the steps still there."""
     handle = activity.client().get_workflow_handle(req.run_id)
     try:
-        status = RunStatus.model_validate(await handle.query("status"))
+        status = RunStatus.model_validate(await patient_query(handle, "status"))
     except Exception as exc:
+        if isinstance(exc, RPCError) and exc.status in BUSY:  # still, after a minute: the activity's retries wait on
+            raise
         raise invalid(f"run {req.run_id!r} cannot be queried for its checkpoints: {exc}") from None
     if not status.checkpoints or status.snapshot_uri is None:
         raise invalid(f"run {req.run_id!r} has no committed checkpoint yet")

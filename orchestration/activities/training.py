@@ -33,6 +33,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
 
+from orchestration.client import BUSY
 from orchestration.ledger import newest
 from orchestration.ray_submission import LIVE, RaySubmission
 from orchestration.settings import Settings
@@ -142,7 +143,7 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _temporal_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, RPCError) and exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNKNOWN)
+    return isinstance(exc, RPCError) and exc.status in (*BUSY, RPCStatusCode.UNKNOWN)
 
 
 class _LeftBeforePromotion(Exception):
