@@ -334,7 +334,8 @@ async def launch_training(
 
     async def from_last_checkpoint(req: TrainingRequest, old: WorkflowHandle) -> TrainingRequest:
         status = await query(client, old.id, CheckpointedTrainingWorkflow.status, "run")
-        return req.model_copy(update={"resume_from": newest(*(c for c in status.checkpoints if not c.deleted))})
+        kept = [c for c in status.checkpoints if not c.deleted]
+        return req.model_copy(update={"resume_from": newest(*kept), "ledger": kept})
 
     return await launch(
         client,

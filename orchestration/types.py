@@ -72,6 +72,11 @@ class TrainingRequest(Model):
     config: TrainConfig
     options: RunOptions
     resume_from: CheckpointInfo | None = Field(default=None, description="continue a run (a promoted sweep trial)")
+    ledger: list[CheckpointInfo] = Field(
+        default_factory=list,
+        description="what the run's earlier execution kept, when a failed or cancelled run is started again: its "
+        "ledger goes on from there, so its best checkpoint stays the best and keep_last still prunes the old ones",
+    )
     stop_at_step: int | None = Field(default=None, ge=1, description="train only up to here (a ladder rung)")
     park_s: float = Field(default=0.0, ge=0.0, description="at stop_at_step, the job waits this long for a promotion")
     carried: RunCarry | None = Field(default=None, description="the run so far, handed over by continue-as-new")

@@ -142,6 +142,53 @@ def returns_early(config):
 """
 
 
+WAITS_ONCE = """
+import os
+import tempfile
+import time
+import ray.train
+from ray_jobs import loop
+
+
+def waits_once(config):
+    # lr falls with the step, so the best checkpoint by lr is the first; the first job waits after step 20 (a marker
+    # file says one did), where the run is cancelled
+    run = loop.current()
+    first = not os.path.exists(config["marker"])
+    open(config["marker"], "a").close()
+    for step in run.steps():
+        if run.checkpoint_due(step):
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "step"), "w") as f:
+                    f.write(str(step))
+                ray.train.report({"step": step, "lr": 1.0 / step}, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if first and step == 20:
+            time.sleep(300)
+"""
+
+
+async def relaunched_run(stack, config_file: Path) -> dict:
+    """Cancelled after its second checkpoint, then started again with the same command, as a user does."""
+    client = await connect(stack)
+    command = ("train", "--config", str(config_file), "--run-id", "it-custom-relaunch")
+    first = await asyncio.to_thread(ttrain, *command, "--detach")
+    handle = client.get_workflow_handle("it-custom-relaunch")
+
+    async def waiting_at_step_20() -> bool:
+        status = await patient_query(handle, CheckpointedTrainingWorkflow.status)
+        return [c.step for c in status.checkpoints] == [10, 20]
+
+    await wait_until(waiting_at_step_20, 240, "the checkpoint at step 20")
+    cancelled = await asyncio.to_thread(ttrain, "cancel", "it-custom-relaunch")
+    again = await asyncio.to_thread(ttrain, *command, timeout=600)
+    return {
+        "first": first,
+        "cancelled": cancelled,
+        "again": again,
+        "status": await patient_query(handle, CheckpointedTrainingWorkflow.status),
+    }
+
+
 TIMINGS = {"samples_per_s"}  # measured, so never equal across runs
 CUSTOM_EXPERIMENTS = """\
 id: it-custom-set
@@ -170,6 +217,20 @@ def custom_runs(stack, tmp_path_factory) -> dict:
     code = tmp / "code"
     code.mkdir()
     (code / "bad_loops.py").write_text(BAD_LOOPS)
+    (code / "relaunch_loop.py").write_text(WAITS_ONCE)
+    relaunch_file = tmp / "relaunch.yaml"
+    relaunch = custom_config(
+        entrypoint="relaunch_loop:waits_once",
+        max_steps=40,
+        checkpoint_every_steps=10,
+        keep_last=1,
+        best_metric="lr",
+        best_mode="max",
+        scaling={"num_workers": 1},
+        train_loop_config={"marker": str(tmp / "waited")},
+        runtime_env={"working_dir": str(code)},
+    )
+    relaunch_file.write_text(yaml.safe_dump(relaunch.model_dump(mode="json")))
 
     def bad(entrypoint: str) -> CustomTrainConfig:
         return custom_config(
@@ -206,9 +267,10 @@ def custom_runs(stack, tmp_path_factory) -> dict:
             failed_run(stack, "it-custom-typo", bad("bad_loops:no_such_function")),
             asyncio.to_thread(ttrain, "experiments", str(experiments_file), timeout=600),
             asyncio.to_thread(ttrain, *scaleup, timeout=600),
+            relaunched_run(stack, relaunch_file),
         )
 
-    names = ("killed", "reference", "hf", "sweep", "no_step", "early", "typo", "experiments", "scaleup")
+    names = ("killed", "reference", "hf", "sweep", "no_step", "early", "typo", "experiments", "scaleup", "relaunch")
     found = dict(zip(names, run(all_at_once()), strict=True))
     return {**found, "mlflow": f"sqlite:///{tmp}/mlflow.db", "storage": stack.storage_uri}
 
@@ -404,3 +466,18 @@ def test_bad_custom_configs_are_refused_in_one_line_before_any_server_is_asked(t
     path.write_text(yaml.safe_dump(config))
     out = ttrain("train", "--config", str(path))
     assert_one_line_error(out, 2, needle)
+
+
+@pytest.mark.integration
+def test_a_cancelled_run_started_again_goes_on_from_its_ledger_and_keeps_its_best(custom_runs):
+    got = custom_runs["relaunch"]
+    assert got["first"].returncode == 0, got["first"].stderr
+    assert got["cancelled"].returncode == 0, got["cancelled"].stderr
+    assert got["again"].returncode == 0 and "had been cancelled: started again" in got["again"].stderr, got["again"]
+    status = got["status"]
+    assert status.attempts[0].resumed_from_step == 20  # from the newest checkpoint, not from step 0
+    # the earlier execution's best (lr falls with the step: step 10) is still the run's best, and kept
+    assert status.best_checkpoint is not None and status.best_checkpoint.step == 10
+    kept = {c.step for c in status.checkpoints if not c.deleted}
+    assert kept == {10, 40}  # keep_last 1 and the best, across both executions: step 20 pruned, not orphaned
+    assert all(Path(c.uri).exists() == (c.step in kept) for c in status.checkpoints)

@@ -65,7 +65,7 @@ class CheckpointedTrainingWorkflow:
         self.snapshot: DatasetSnapshot | None = carried.snapshot if carried else None
         self.state: RunState = "training" if self.snapshot else "snapshotting"
         self.checkpoints: list[CheckpointInfo] = (
-            carried.checkpoints if carried else [req.resume_from] if req.resume_from else []
+            carried.checkpoints if carried else req.ledger or ([req.resume_from] if req.resume_from else [])
         )
         self.attempts: list[AttemptStarted] = carried.attempts if carried else []
         self.retry = carried.retry if carried else RetryState()
