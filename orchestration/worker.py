@@ -68,7 +68,7 @@ def build_workers(client: Client, queue: Queue, settings: Settings) -> list[Work
             Worker(
                 client,
                 task_queue=control_queue(settings.training_queue),
-                activities=[training.stop_run_jobs],
+                activities=[training.stop_run_jobs, training.close_sweep_tracking],
                 max_concurrent_activities=CONTROL_SLOTS,
             ),
         ]

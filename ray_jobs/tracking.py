@@ -79,6 +79,23 @@ def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+def close_sweep(sweep_id: str, env: dict[str, str]) -> bool:
+    """The sweep's MLflow run, marked FINISHED when the sweep has ended (its trials' jobs create it, and none can tell
+    that it was the last). `env`: what the jobs had, the tracking URI and experiment. False if no trial exported."""
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(env.get("MLFLOW_EXPERIMENT_NAME", "ttrain"))
+    if experiment is None:
+        return False
+    where = f"tags.`{SWEEP_TAG}` = '{sweep_id}'"
+    runs = client.search_runs([experiment.experiment_id], where, order_by=["attributes.start_time ASC"])
+    for found in runs[:1]:
+        client.set_terminated(found.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return bool(runs)
+
+
 def _experiment(client, name: str, runs_root: str) -> str:
     """A tracking server keeps artifacts where it is configured to; a local store (SQLite, a file) would put them
     in `./mlruns` of whichever process exports, so they go next to the runs: `<storage>/mlflow/<experiment>`."""

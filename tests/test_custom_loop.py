@@ -401,8 +401,8 @@ def test_a_custom_loop_scales_up_across_worker_counts_with_the_throughput_it_rep
 
 @pytest.mark.integration
 def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoint(custom_runs):
-    """One MLflow run per ttrain run; a sweep's trials nested under one run of the sweep; a trial trained rung by
-    rung (two jobs) has each step of its history once."""
+    """One MLflow run per ttrain run; a sweep's trials nested under one run of the sweep, finished when the sweep is;
+    a trial trained rung by rung (two jobs) has each step of its history once."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(custom_runs["mlflow"])
@@ -425,6 +425,7 @@ def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoi
 
     runs = run(wait_until(exported, 120, "every run in MLflow, the promoted trial's whole history"))
     sweep = runs["it-custom-sweep"].info.run_id
+    assert runs["it-custom-sweep"].info.status == "FINISHED"  # closed by the sweep as it ended (its trials cannot)
     for trial in state.trials:
         tracked = runs[trial.run_id]
         assert tracked.data.tags["mlflow.parentRunId"] == sweep

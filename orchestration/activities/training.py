@@ -38,7 +38,7 @@ from orchestration.ledger import newest
 from orchestration.ray_submission import LIVE, RaySubmission
 from orchestration.settings import Settings
 from orchestration.types import AttemptStarted, CheckpointInfo, Progress, TrainAttemptInput, TrainAttemptResult
-from ray_jobs import retention, storage
+from ray_jobs import retention, storage, tracking
 from ray_jobs.outcome import (
     CommittedCheckpoint,
     Promotion,
@@ -118,6 +118,14 @@ class TrainingActivities:
     @activity.defn
     async def train(self, inp: TrainAttemptInput) -> TrainAttemptResult:
         return await _Attempt(self.ray, self.settings, inp).run()
+
+    @activity.defn
+    async def close_sweep_tracking(self, sweep_id: str, base: TrainConfig) -> bool:
+        """Here, where the sweep's jobs took their environment from (`runtime_env`): the same MLflow store."""
+        env = runtime_env(base).get("env_vars", {})
+        if "MLFLOW_TRACKING_URI" not in env:
+            return False
+        return await asyncio.to_thread(tracking.close_sweep, sweep_id, env)
 
     @activity.defn
     async def stop_run_jobs(

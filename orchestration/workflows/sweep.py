@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from orchestration.sweeps.space import apply
     from orchestration.sweeps.trials import RungResult, Trial, gc_candidates
-    from orchestration.types import RunReport, TrainingRequest, TrainingResult
+    from orchestration.types import RunReport, TrainingRequest, TrainingResult, control_queue
     from orchestration.workflows.coordinator import CHILD
     from orchestration.workflows.training import CheckpointedTrainingWorkflow
     from ray_jobs import storage
@@ -53,6 +53,7 @@ LIVE_HANDOVER = "live-handover"  # the patch that ended the drain before continu
 LADDER_BY_INDEX = "ladder-ties-by-trial-index"
 SETTLE_BEFORE_HANDOVER = "settle-before-handover"
 CANCEL_WAITS_FOR_CHILDREN = "cancel-waits-for-children"
+CLOSE_TRACKING = "close-sweep-tracking"
 CHILDREN_CLOSE_WITHIN = timedelta(minutes=10)  # each stops its Ray jobs first: seconds, unless Ray is down
 ACTIVITY = {
     "start_to_close_timeout": timedelta(minutes=5),
@@ -399,8 +400,9 @@ class SweepWorkflow:
         return self._segment(self.table.trial(self.index_of[live.run_id])).config.scaling.num_workers
 
     async def _finalize(self) -> None:
-        """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results. Both are side
-        jobs: retried, and if they still fail the sweep reports it in its warnings and ends as it would have."""
+        """Garbage-collect the losers (`gc_candidates`), draw the leaderboard next to the results, mark the sweep's
+        MLflow run finished (on a training worker: it has the jobs' environment). Side jobs: retried, and if they
+        still fail the sweep reports it in its warnings and ends as it would have."""
         ranking = self._ranked()
         sweep_uri = storage.join(self.s.options.storage_uri, "sweeps", self.s.spec.id)
         if self.s.spec.trainer == "real":
@@ -408,13 +410,19 @@ class SweepWorkflow:
                 storage.join(self.s.options.storage_uri, "runs", run_id)
                 for run_id in gc_candidates(self.table, self.ladder.top_rung, ranking[0] if ranking else None)
             ]
-            await self._side_job("delete_runs", GcRequest(run_uris=losers), "checkpoint clean-up")
+            await self._side_job("checkpoint clean-up", "delete_runs", GcRequest(run_uris=losers))
+            if workflow.patched(CLOSE_TRACKING):
+                queue = control_queue(self.s.options.training_queue)
+                spec = self.s.spec
+                await self._side_job(
+                    "closing its MLflow run", "close_sweep_tracking", spec.id, spec.base, task_queue=queue
+                )
         plot = PlotRequest(state=self.s, uri=storage.join(sweep_uri, "leaderboard.png"))
-        await self._side_job("plot_sweep", plot, "leaderboard plot")
+        await self._side_job("leaderboard plot", "plot_sweep", plot)
 
-    async def _side_job(self, activity: str, arg, what: str) -> None:
+    async def _side_job(self, what: str, activity: str, *args, task_queue: str | None = None) -> None:
         try:
-            await workflow.execute_activity(activity, arg, **SIDE_JOB)
+            await workflow.execute_activity(activity, args=args, task_queue=task_queue, **SIDE_JOB)
         except ActivityError as exc:
             self._warn(f"{what} failed: {root_message(exc)}")
 
