@@ -9,12 +9,11 @@ import asyncio
 import contextlib
 import sys
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from orchestration.api import run_status
-from orchestration.client import wait_for_result
-from orchestration.errors import CliError, root_message
+from orchestration.api import result_of, run_status
+from orchestration.errors import CliError
 from orchestration.sweeps.models import SweepLeaderboard
 from orchestration.types import CoordinatorResult, EvaluationResult, TrainingResult
 
@@ -23,16 +22,13 @@ TABLE_TOP = 20  # rows of the leaderboard table unless --top says otherwise
 
 async def wait_reporting(handle: WorkflowHandle, line, what: str, every_s: float = 5.0):
     """The workflow's result; meanwhile `line()` (a live query) goes to stderr every few seconds."""
-    result_task = asyncio.ensure_future(wait_for_result(handle))
+    result_task = asyncio.ensure_future(result_of(handle, what))
     while not result_task.done():
         await asyncio.wait([result_task], timeout=every_s)
         if not result_task.done():
             with contextlib.suppress(RPCError):
                 print(await line(), file=sys.stderr)
-    try:
-        return result_task.result()
-    except WorkflowFailureError as exc:
-        raise CliError(f"{what} failed: {root_message(exc)}") from None
+    return result_task.result()
 
 
 async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) -> TrainingResult:
@@ -40,7 +36,7 @@ async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) ->
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar
 
-    result_task = asyncio.ensure_future(wait_for_result(handle))
+    result_task = asyncio.ensure_future(result_of(handle, f"run {handle.id}"))
     with Bar(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -63,10 +59,7 @@ async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) ->
             except (CliError, RPCError):
                 pass  # the orchestration worker may be restarting: keep waiting for the result
             await asyncio.wait([result_task], timeout=1.0)
-        try:
-            result = result_task.result()
-        except WorkflowFailureError as exc:
-            raise CliError(f"run {handle.id} failed: {root_message(exc)}") from None
+        result = result_task.result()
         bar.update(task, completed=result.steps, total=result.steps, info="completed")
     return result
 
