@@ -28,7 +28,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, Work
 from temporalio.service import RPCError
 
 from orchestration import inventory, scaleup
-from orchestration.client import connect, patient_query, wait_for_result
+from orchestration.client import QUERY_PATIENCE_S, connect, patient_query, wait_for_result
 from orchestration.config_loading import ConfigError, anchored, load_config, read_mapping, validate
 from orchestration.errors import CliError, root_message
 from orchestration.experiments import load_experiments
@@ -288,20 +288,22 @@ async def live_progress(client: Client, handle: WorkflowHandle) -> Progress | No
     return None
 
 
-async def query(client: Client, workflow_id: str, query_fn, what: str, *args):
+async def query(client: Client, workflow_id: str, query_fn, what: str, *args, patience_s: float = QUERY_PATIENCE_S):
     """A workflow's query answer, or one line saying why there is none (unknown id, no worker, a server that stayed
     busy or down)."""
     try:
-        return await patient_query(client.get_workflow_handle(workflow_id), query_fn, *args)
+        return await patient_query(client.get_workflow_handle(workflow_id), query_fn, *args, patience_s=patience_s)
     except RPCError as exc:
         raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
     except WorkflowQueryFailedError as exc:  # e.g. not that kind of workflow, or a query its release lacks
         raise CliError(f"{what} {workflow_id!r}: {exc.message}") from None
 
 
-async def run_status(client: Client, run_id: str) -> tuple[RunStatus, Progress | None]:
+async def run_status(
+    client: Client, run_id: str, patience_s: float = QUERY_PATIENCE_S
+) -> tuple[RunStatus, Progress | None]:
     handle = client.get_workflow_handle(run_id)
-    status = await query(client, run_id, CheckpointedTrainingWorkflow.status, "run")
+    status = await query(client, run_id, CheckpointedTrainingWorkflow.status, "run", patience_s=patience_s)
     live = await live_progress(client, handle) if status.state == "training" else None
     if live is not None:
         status.ray_job_status = live.job_status  # PENDING: the cluster has no room for it yet, not a failure
@@ -335,7 +337,7 @@ async def launch_training(
     async def from_last_checkpoint(req: TrainingRequest, old: WorkflowHandle) -> TrainingRequest:
         status = await query(client, old.id, CheckpointedTrainingWorkflow.status, "run")
         kept = [c for c in status.checkpoints if not c.deleted]
-        return req.model_copy(update={"resume_from": newest(*kept), "ledger": kept})
+        return req.model_copy(update={"resume_from": newest(*kept), "ledger": status.checkpoints})
 
     return await launch(
         client,

@@ -20,6 +20,9 @@ from orchestration.types import CoordinatorResult, EvaluationResult, TrainingRes
 TABLE_TOP = 20  # rows of the leaderboard table unless --top says otherwise
 
 
+PROGRESS_PATIENCE_S = 2.0  # a progress poll that meets a busy server skips a beat; it never delays the result
+
+
 async def wait_reporting(handle: WorkflowHandle, line, what: str, every_s: float = 5.0):
     """The workflow's result; meanwhile `line()` (a live query) goes to stderr every few seconds."""
     result_task = asyncio.ensure_future(result_of(handle, what))
@@ -49,7 +52,7 @@ async def follow(client: Client, handle: WorkflowHandle, quiet: bool = False) ->
         task = bar.add_task(handle.id, total=None, info="snapshotting")
         while not result_task.done():
             try:
-                status, live = await run_status(client, handle.id)
+                status, live = await run_status(client, handle.id, patience_s=PROGRESS_PATIENCE_S)
                 ckpt = status.latest_checkpoint.step if status.latest_checkpoint else "-"
                 loss = f"{live.loss:.4f}" if live and live.loss is not None else "-"
                 info = f"{status.state}  loss {loss}  ckpt {ckpt}  resumes {status.resumes}"

@@ -175,8 +175,8 @@ async def relaunched_run(stack, config_file: Path) -> dict:
     handle = client.get_workflow_handle("it-custom-relaunch")
 
     async def waiting_at_step_20() -> bool:
-        status = await patient_query(handle, CheckpointedTrainingWorkflow.status)
-        return [c.step for c in status.checkpoints] == [10, 20]
+        status = await status_of(client, "it-custom-relaunch")  # a poll that times out is asked again
+        return status is not None and [c.step for c in status.checkpoints] == [10, 20]
 
     await wait_until(waiting_at_step_20, 240, "the checkpoint at step 20")
     cancelled = await asyncio.to_thread(ttrain, "cancel", "it-custom-relaunch")

@@ -28,6 +28,8 @@ from orchestration.types import (
 from ray_jobs import storage
 from ray_jobs.predict import Predictor
 
+QUERY_PATIENCE_S = 20.0  # within the attempt's 30 s: a workflow still busy then is an error the retries wait out
+
 
 @activity.defn
 async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts:
@@ -36,9 +38,9 @@ async def resolve_run(req: InferenceRequest | EvaluationRequest) -> RunArtifacts
     sweep's clean-up) removed is refused in one line that lists the steps still there."""
     handle = activity.client().get_workflow_handle(req.run_id)
     try:
-        status = RunStatus.model_validate(await patient_query(handle, "status"))
+        status = RunStatus.model_validate(await patient_query(handle, "status", patience_s=QUERY_PATIENCE_S))
     except Exception as exc:
-        if isinstance(exc, RPCError) and exc.status in BUSY:  # still, after a minute: the activity's retries wait on
+        if isinstance(exc, RPCError) and exc.status in BUSY:  # still busy: the activity's retries wait on
             raise
         raise invalid(f"run {req.run_id!r} cannot be queried for its checkpoints: {exc}") from None
     if not status.checkpoints or status.snapshot_uri is None:

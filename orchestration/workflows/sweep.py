@@ -54,6 +54,7 @@ LADDER_BY_INDEX = "ladder-ties-by-trial-index"
 SETTLE_BEFORE_HANDOVER = "settle-before-handover"
 CANCEL_WAITS_FOR_CHILDREN = "cancel-waits-for-children"
 CLOSE_TRACKING = "close-sweep-tracking"
+ELSEWHERE_WITHIN = timedelta(minutes=2)  # a side job on the training workers' queue, if none of them serves it
 CHILDREN_CLOSE_WITHIN = timedelta(minutes=10)  # each stops its Ray jobs first: seconds, unless Ray is down
 ACTIVITY = {
     "start_to_close_timeout": timedelta(minutes=5),
@@ -421,8 +422,10 @@ class SweepWorkflow:
         await self._side_job("leaderboard plot", "plot_sweep", plot)
 
     async def _side_job(self, what: str, activity: str, *args, task_queue: str | None = None) -> None:
+        """`task_queue`: another queue than the sweep's, where no worker may be polling: bounded from scheduling."""
+        bound = {"schedule_to_close_timeout": ELSEWHERE_WITHIN} if task_queue else {}
         try:
-            await workflow.execute_activity(activity, args=args, task_queue=task_queue, **SIDE_JOB)
+            await workflow.execute_activity(activity, args=args, task_queue=task_queue, **SIDE_JOB, **bound)
         except ActivityError as exc:
             self._warn(f"{what} failed: {root_message(exc)}")
 
