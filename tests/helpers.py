@@ -12,6 +12,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from temporalio.service import RPCError
+
+from orchestration.client import PASSING
 from ray_jobs.specs import FineTuneConfig
 
 
@@ -58,12 +61,19 @@ def outcome(started: dict[str, Future], name: str) -> Any:
 
 
 async def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll an async or sync predicate until it returns something truthy."""
+    """Poll an async or sync predicate until it returns something truthy. A poll the server fails to answer now (a
+    status query that timed out while the worker was loaded with eight runs at once on 2 cores: seen in suite runs,
+    as were busy workflows) is a "not yet", like a falsy answer: the deadline still bounds the wait."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
+        try:
+            value = check()
+            if asyncio.iscoroutine(value):
+                value = await value
+        except RPCError as exc:
+            if exc.status not in PASSING:
+                raise
+            value = None
         if value:
             return value
         await asyncio.sleep(interval)

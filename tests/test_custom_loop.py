@@ -64,7 +64,7 @@ async def killed_run(stack, config_file: Path) -> tuple[TrainingResult, RunStatu
         ttrain, "train", "--config", str(config_file), "--run-id", "it-custom-killed", "--detach"
     )
     assert out.returncode == 0, out.stderr
-    job = (await wait_until(lambda: _attempt(client, "it-custom-killed"), 120, "the first job")).ray_job_id
+    job = (await wait_until(lambda: _attempt(client, "it-custom-killed"), 240, "the first job")).ray_job_id
     pids = await wait_until(
         lambda: (p := train_worker_pids(stack, job)) and len(p) == 2 and p, 120, "both Train workers", interval=0.2
     )
