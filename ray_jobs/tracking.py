@@ -89,8 +89,7 @@ def close_sweep(sweep_id: str, env: dict[str, str]) -> bool:
     experiment = client.get_experiment_by_name(env.get("MLFLOW_EXPERIMENT_NAME", "ttrain"))
     if experiment is None:
         return False
-    where = f"tags.`{SWEEP_TAG}` = '{sweep_id}'"
-    runs = client.search_runs([experiment.experiment_id], where, order_by=["attributes.start_time ASC"])
+    runs = _tagged(client, experiment.experiment_id, {SWEEP_TAG: sweep_id})
     for found in runs[:1]:
         client.set_terminated(found.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
     return bool(runs)
@@ -126,10 +125,8 @@ def _run(
     before its own but landed after its look would leave two runs, each kept by its maker."""
     from mlflow.entities import Param
 
-    where = " AND ".join(f"tags.`{k}` = '{v}'" for k, v in {tag: value, **(also or {})}.items())
-
     def tagged() -> list:
-        return client.search_runs([experiment], where, order_by=["attributes.start_time ASC"])
+        return _tagged(client, experiment, {tag: value, **(also or {})})
 
     if found := tagged():
         return found[0].info.run_id
@@ -161,3 +158,9 @@ def _download(uri: str, local: str) -> None:
 
     fs, path = storage.resolve(uri)
     pafs.copy_files(path, local, source_filesystem=fs)
+
+
+def _tagged(client, experiment: str, tags: dict[str, str]) -> list:
+    """The experiment's runs carrying every one of `tags`, oldest first (the one a race keeps)."""
+    where = " AND ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return client.search_runs([experiment], where, order_by=["attributes.start_time ASC"])
