@@ -177,6 +177,9 @@ class _Attempt:
         try:
             if not self.ledger and (self.inp.resume_from is not None or activity.info().attempt > 1):
                 await self._ledger_of_a_previous_release()
+            # What the attempt before had no time to retire: its run continued as new between a commit and the
+            # pruning (its signals go to the closed execution), and the job may have nothing new to commit.
+            await self._apply_keep_last()
             job_id = await self._start()
             try:
                 return await self._follow(job_id)
