@@ -266,11 +266,42 @@ def test_blocking_activity_work_heartbeats_so_a_dead_worker_is_noticed(monkeypat
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(details)
 
-    async def work() -> str:
-        return await heartbeat.in_thread(lambda: time.sleep(0.5) or "done")
+    async def work() -> None:
+        return await heartbeat.in_child(time.sleep, 0.5)
 
-    assert asyncio.run(env.run(work)) == "done"
+    assert asyncio.run(env.run(work)) is None
     assert len(beats) >= 5
+
+
+def test_blocking_activity_work_runs_in_a_child_process_below_the_workers_priority():
+    """Not in the worker's process, where it would hold the GIL and the cores that workflow tasks (failed past 2 s)
+    and trainings' heartbeats need; seen failing both in suite runs while an evaluation ran in a thread."""
+    import os
+
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities import heartbeat
+
+    async def where() -> tuple[int, int]:
+        return await heartbeat.in_child(os.getpid), await heartbeat.in_child(os.nice, 0)
+
+    pid, niceness = asyncio.run(ActivityEnvironment().run(where))
+    assert pid != os.getpid() and niceness == heartbeat.NICENESS
+
+
+def test_an_error_in_the_child_process_reaches_the_activity_as_itself_without_the_childs_traceback():
+    """A user reads an activity's failure in one line (`max_seq_length 600 exceeds ...`); the pool chains the child's
+    traceback text as the cause, which the failure would carry to the CLI (seen in the faults test)."""
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities import heartbeat
+
+    async def fails() -> None:
+        await heartbeat.in_child(int, "not a number")
+
+    with pytest.raises(ValueError, match="invalid literal") as raised:
+        asyncio.run(ActivityEnvironment().run(fails))
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 
 def test_a_cancel_during_a_submit_lets_the_submit_land_before_the_attempt_ends(tmp_path):
@@ -315,6 +346,42 @@ def test_a_cancel_during_a_submit_lets_the_submit_land_before_the_attempt_ends(t
         return list(ray.submitted)  # what existed when the attempt had ended
 
     assert len(asyncio.run(cancelled_mid_submit())) == 1
+
+
+def test_an_attempt_retires_what_the_ledger_it_is_handed_holds_beyond_keep_last(tmp_path):
+    """Seen in a suite run: a long run continued as new between committing steps 27 and 30 and pruning 15 and 18 (the
+    job had deleted them; the attempt's signal went to the closed execution). The next attempt reattached to the
+    finished job, found nothing new to mirror, and the ledger listed 15 and 18 as present for good."""
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities.training import _Attempt
+    from orchestration.settings import Settings
+    from orchestration.types import DatasetSnapshot, RunOptions, TrainAttemptInput
+    from tests.test_warm_promotion import Client
+
+    class Ray:
+        def find_live(self, *args) -> None:
+            raise PermissionError("the test ends the attempt here")
+
+    steps = [3, 15, 18, 21, 24, 27, 30]
+    ledger = [
+        checkpoint(s).model_copy(update={"uri": str(tmp_path / f"step_{s}"), "metrics": {"step": s}}) for s in steps
+    ]
+    for c in ledger:
+        Path(c.uri).mkdir()
+    inp = TrainAttemptInput(
+        run_id="r",
+        config=FineTuneConfig(keep_last=4, best_metric="step", best_mode="min"),
+        snapshot=DatasetSnapshot(snapshot_id="ds-1", uri="/snap", manifest=manifest(), reused=False),
+        options=RunOptions(storage_uri=str(tmp_path)),
+        checkpoints=ledger,
+        reattach_job_id="j",
+    )
+    client = Client()
+    with pytest.raises(PermissionError):
+        asyncio.run(ActivityEnvironment(client=client).run(_Attempt(Ray(), Settings.from_env(), inp).run))
+    assert client.signals == [("checkpoints_deleted", [15, 18])]
+    assert sorted(int(p.name[5:]) for p in tmp_path.glob("step_*")) == [3, 21, 24, 27, 30]
 
 
 @pytest.mark.parametrize("committed", [[10, 20], []])

@@ -12,7 +12,7 @@ from functools import lru_cache
 from temporalio import activity
 from temporalio.service import RPCError
 
-from orchestration.activities.heartbeat import in_thread
+from orchestration.activities.heartbeat import in_child
 from orchestration.client import BUSY, patient_query
 from orchestration.errors import invalid
 from orchestration.ledger import choose, present
@@ -58,18 +58,20 @@ def _predictor(uri: str) -> Predictor:
     return Predictor(uri)
 
 
+def _predict(inp: PredictInput) -> list[Prediction]:
+    rows = _predictor(inp.checkpoint.uri).predict(inp.texts, inp.text_pairs)
+    return [Prediction(text=t, **row) for t, row in zip(inp.texts, rows, strict=True)]
+
+
+def _evaluate(inp: EvaluateInput) -> dict:
+    return _predictor(inp.artifacts.checkpoint.uri).evaluate(inp.artifacts.snapshot_uri, inp.split, inp.batch_size)
+
+
 @activity.defn
 async def predict(inp: PredictInput) -> list[Prediction]:
-    def run() -> list[Prediction]:
-        rows = _predictor(inp.checkpoint.uri).predict(inp.texts, inp.text_pairs)
-        return [Prediction(text=t, **row) for t, row in zip(inp.texts, rows, strict=True)]
-
-    return await in_thread(run)
+    return await in_child(_predict, inp)
 
 
 @activity.defn
 async def evaluate(inp: EvaluateInput) -> dict:
-    def run() -> dict:
-        return _predictor(inp.artifacts.checkpoint.uri).evaluate(inp.artifacts.snapshot_uri, inp.split, inp.batch_size)
-
-    return await in_thread(run)
+    return await in_child(_evaluate, inp)

@@ -8,7 +8,7 @@ from temporalio import activity
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from orchestration import image_snapshot, snapshot
-from orchestration.activities.heartbeat import in_thread
+from orchestration.activities.heartbeat import in_child
 from orchestration.errors import invalid
 from orchestration.types import DatasetSnapshot, SnapshotRequest
 from ray_jobs.models import ModelNotFound, resolve_model_path, tokenizer_identity
@@ -78,4 +78,4 @@ def _publish(req: SnapshotRequest, manifest, files: dict[str, bytes]) -> Dataset
 
 @activity.defn
 async def create_snapshot(req: SnapshotRequest) -> DatasetSnapshot:
-    return await in_thread(build, req)
+    return await in_child(build, req)
