@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from orchestration.client import PASSING
 from ray_jobs.specs import FineTuneConfig
@@ -60,10 +60,15 @@ def outcome(started: dict[str, Future], name: str) -> Any:
     return started[name].result(timeout=SCENARIO_TIMEOUT_S)
 
 
+# A poll the server failed to answer now, beyond `PASSING`: the SDK's own deadline on the call ran out ("Timeout
+# expired", CANCELLED: seen in suite runs, a status query to an orchestration worker loaded with every run's tasks).
+NOT_YET = (*PASSING, RPCStatusCode.CANCELLED)
+
+
 async def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll an async or sync predicate until it returns something truthy. A poll the server fails to answer now (a
-    status query that timed out while the worker was loaded with eight runs at once on 2 cores: seen in suite runs,
-    as were busy workflows) is a "not yet", like a falsy answer: the deadline still bounds the wait."""
+    """Poll an async or sync predicate until it returns something truthy. A poll the server fails to answer now
+    (`NOT_YET`: a timed-out or busy query, a restarting server) is a "not yet", like a falsy answer: the deadline
+    still bounds the wait."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -71,7 +76,7 @@ async def wait_until(check: Callable[[], Any], timeout: float, what: str, interv
             if asyncio.iscoroutine(value):
                 value = await value
         except RPCError as exc:
-            if exc.status not in PASSING:
+            if exc.status not in NOT_YET:
                 raise
             value = None
         if value:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from ray.job_submission import JobStatus, JobSubmissionClient
-from ray.util.state import list_actors
 from safetensors.torch import load_file
 
 from orchestration.activities.snapshot import build as build_snapshot
@@ -28,6 +27,7 @@ from ray_jobs import checkpointing, storage
 from ray_jobs.outcome import job_dir
 from ray_jobs.specs import ImageTrainConfig, JobSpec
 from tests.helpers import assert_one_line_error, run, ttrain, wait_until
+from tests.test_crash_recovery import train_worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -114,13 +114,6 @@ def test_two_workers_at_half_batch_follow_one_worker_at_full_batch(stack):
     assert checkpoint_states(split)[-1]["loss"] == b[-1]["loss"]
 
 
-def train_worker_pids(stack) -> list[int]:
-    actors = list_actors(
-        address=stack.ray_dashboard_url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-    )
-    return [a.pid for a in actors if a.pid]
-
-
 def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
     """`ttrain cifar10 train` with 2 gloo workers; one Ray Train worker process is SIGKILLed after the first
     checkpoint. The run resumes from the ledger and still learns: >= 85% on the 10,000 official test images."""
@@ -143,12 +136,12 @@ def test_fashion_mnist_reaches_85_percent_through_a_killed_train_worker(stack):
                     s = await patient_query(handle, CheckpointedTrainingWorkflow.status)
                 except Exception:
                     return None
-                return s if s.checkpoints else None
+                return s if s.checkpoints and s.ray_job_id else None
 
             return await wait_until(has_one, 240, "the first committed checkpoint")
 
         before = run(first_checkpoint())
-        pids = train_worker_pids(stack)
+        pids = train_worker_pids(stack, before.ray_job_id)  # this run's: a job of another module's may be live
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
         out, err = cli.communicate(timeout=420)
