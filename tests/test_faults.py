@@ -20,6 +20,7 @@ the full matrix (every fault x every kind of work) are in `bench/faults.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from cluster import local_stack
 from orchestration.api import start_training
@@ -264,7 +266,8 @@ async def stop_what_is_left(stack, prefixes: tuple[str, ...]) -> None:
     ray = RaySubmission(stack.ray_address)
     async for wf in client.list_workflows("ExecutionStatus = 'Running'"):
         if wf.id.startswith(prefixes):
-            await client.get_workflow_handle(wf.id).terminate("left running by a failed test_faults scenario")
+            with contextlib.suppress(RPCError):  # it closed since it was listed
+                await client.get_workflow_handle(wf.id).terminate("left running by a failed test_faults scenario")
             for job_id in await asyncio.to_thread(ray.run_jobs, wf.id):
                 await asyncio.to_thread(ray.stop, job_id)
 

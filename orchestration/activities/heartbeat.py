@@ -17,10 +17,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
-from functools import lru_cache
 from typing import TypeVar
 
 from temporalio import activity
@@ -33,9 +32,9 @@ NICENESS = 15  # Ray's default `worker_niceness`
 
 
 def _child_start() -> None:
-    """Below the worker's priority; and gone with the worker, however it ends (a pool's children outlive a killed
-    parent: they were seen to, idle or busy)."""
-    os.nice(NICENESS - os.nice(0))
+    """Below the worker's priority (never above it: a worker already nicer stays as it is); and gone with the
+    worker, however it ends (a pool's children outlive a killed parent: they were seen to, idle or busy)."""
+    os.nice(max(0, NICENESS - os.nice(0)))
     parent = os.getppid()
 
     def follow_parent() -> None:
@@ -46,21 +45,37 @@ def _child_start() -> None:
     threading.Thread(target=follow_parent, daemon=True).start()
 
 
-@lru_cache(maxsize=1)
-def _children() -> ProcessPoolExecutor:
+_pool: ProcessPoolExecutor | None = None
+
+
+def _submit(fn: Callable[..., T], *args) -> Future[T]:
+    """A pool whose child died (killed, out of memory) refuses work from then on: it is replaced, whether or not a
+    call was waiting on that child (one that was fails, and its activity is retried)."""
+    global _pool
+    if _pool is not None:
+        try:
+            return _pool.submit(fn, *args)
+        except BrokenProcessPool:
+            pass
     # spawn: a fork of a worker with live gRPC and event-loop threads is not safe
-    return ProcessPoolExecutor(CHILDREN, mp_context=multiprocessing.get_context("spawn"), initializer=_child_start)
+    _pool = ProcessPoolExecutor(CHILDREN, mp_context=multiprocessing.get_context("spawn"), initializer=_child_start)
+    return _pool.submit(fn, *args)
 
 
 async def in_child(fn: Callable[..., T], *args) -> T:
-    """`fn(*args)` in a child process (`fn` and its arguments must pickle: module-level functions, models)."""
-    work = asyncio.get_running_loop().run_in_executor(_children(), fn, *args)
+    """`fn(*args)` in a child process (`fn`, its arguments, its result and its errors must pickle: module-level
+    functions, models, exceptions that rebuild from their args). A cancelled activity's work is dropped if it has not
+    started; one already running finishes in its child (a process pool cannot stop it), unseen."""
+    work = asyncio.wrap_future(_submit(fn, *args))
     try:
         while not (await asyncio.wait({work}, timeout=EVERY_S))[0]:
             activity.heartbeat()
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    try:
         return work.result()
-    except BrokenProcessPool:  # a child died (killed, out of memory): the next call starts new ones; retry this
-        _children.cache_clear()
+    except BrokenProcessPool:  # its child died: the next call starts new ones; the activity's retry runs this again
         raise
     except Exception as exc:
         # the pool chains the child's traceback as the cause: the worker's log keeps it, the failure (which a user
