@@ -380,7 +380,12 @@ def test_a_long_run_continues_as_new_handing_over_its_job_and_keeps_the_ledger_t
     assert_one_line_error(got["eval"], 1, "step 6", "available steps: [3, 21, 24, 27, 30]")
     assert got["eval_best"].returncode == 0, got["eval_best"].stderr
     assert json.loads(got["eval_best"].stdout)["checkpoint_step"] == 3 == status.best_checkpoint.step
-    assert "earlier checkpoints deleted by keep_last" in got["shown"].stdout
+    # each deletion is shown: on its ledger line, or counted once a continue-as-new has dropped it from the ledger
+    # (when the deletions fall relative to the handovers depends on the machine's load)
+    shown = got["shown"].stdout
+    assert shown.count("deleted by keep_last") == len(steps) - len(present) + bool(status.earlier_deleted_checkpoints)
+    if status.earlier_deleted_checkpoints:
+        assert f"{status.earlier_deleted_checkpoints} earlier checkpoints deleted by keep_last" in shown
 
 
 def test_a_diverged_sweep_trial_fails_alone_and_the_sweep_goes_on(confined):
