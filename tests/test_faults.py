@@ -13,8 +13,8 @@ Worker loss (SIGTERM, SIGKILL), a cancel while no worker is alive and a machine 
 Faults confined to their own run (a NaN, a reused id, a failed write, a long run, unwatched commits on the run's own
 worker, a cancel on a one-slot worker, a diverged sweep trial, a bad input) are delivered side by side, four at a
 time, by the `confined` fixture: on 2 cores shared waits instead of eight in turn keep `make test` in its budget;
-each keeps its own test and assertions. Faults that hit shared processes (the Ray dashboard) run one at a time. The slow cells of
-the full matrix (every fault x every kind of work) are in `bench/faults.py`.
+each keeps its own test and assertions. Faults that hit shared processes (the Ray dashboard) run one at a time. The
+slow cells of the full matrix (every fault x every kind of work) are in `bench/faults.py`.
 """
 
 from __future__ import annotations
