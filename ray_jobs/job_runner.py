@@ -30,6 +30,7 @@ from ray_jobs.outcome import (
     OUTCOME_FILE,
     PARKED_FILE,
     PROGRESS_FILE,
+    WORKER_ERRORS_DIR,
     CommittedCheckpoint,
     DeterministicJobError,
     Diverged,
@@ -244,7 +245,7 @@ def build_trainer(
     and it knows which failures are worth retrying."""
     scaling = spec.config.scaling
     return ray.train.torch.TorchTrainer(
-        train_loop,
+        recording_errors(train_loop),
         train_loop_config=spec.model_dump(mode="json"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
@@ -255,10 +256,53 @@ def build_trainer(
             name=spec.ray_job_id,
             storage_path=run_dir(spec),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-            failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))),
+            failure_config=ray.train.FailureConfig(max_failures=ray_max_failures()),
             callbacks=callbacks,
         ),
     )
+
+
+def ray_max_failures() -> int:
+    return int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))
+
+
+def recording_errors(train_loop: Callable[[dict], None]) -> Callable[[dict], None]:
+    """Ray 2.60 can lose a worker's error: its status poll reads the error before it checks whether the training
+    thread is alive, so a loop that raises between the two reads as one that returned, and `fit()` succeeds (seen in
+    CI: a loop that could not be imported ended SUCCEEDED with no checkpoint). Each worker writes what its loop
+    raised to the job's folder first, and `main` reads it back."""
+
+    @functools.wraps(train_loop)
+    def run(config: dict) -> None:
+        try:
+            train_loop(config)
+        except BaseException as exc:
+            spec = JobSpec.model_validate(config)
+            rank = ray.train.get_context().get_world_rank()
+            uri = storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR, f"rank_{rank:05d}.json")
+            try:
+                storage.write_json(uri, _failed(spec.ray_job_id, exc).model_dump(mode="json"))
+            except OSError as write_error:
+                log.warning("rank %d's error not recorded (%s): %s", rank, write_error, exc)
+            raise
+
+    return run
+
+
+def lost_worker_error(spec: JobSpec) -> JobOutcome | None:
+    """What a worker raised though `fit()` succeeded. Only when Ray Train restarts nothing: after a restart the
+    recorded error may be one the run came back from."""
+    if ray_max_failures() > 0:
+        return None
+    directory = storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR)
+    try:
+        recorded = [
+            JobOutcome.model_validate(storage.read_json(storage.join(directory, n)))
+            for n in sorted(storage.list_names(directory))
+        ]
+    except OSError:
+        return None
+    return _to_blame(recorded) if recorded else None
 
 
 # What fails around the loop rather than in it, and may pass: a lost worker or node (Ray's errors), storage or the
@@ -268,28 +312,32 @@ NOT_THE_TRAINING_CODE = (RayError, OSError, dist.DistError)
 
 
 def failure_outcome(ray_job_id: str, exc: ray.train.TrainingFailedError) -> JobOutcome:
-    """Classify by type: an error our code raised on purpose as deterministic wins over the others (every rank may
-    raise it); otherwise the lowest rank's that the training code raised."""
+    """The workers' errors when the training code raised any (`_to_blame`), else the controller's or a lost
+    worker's."""
     failures = [getattr(e, "_base_exc", e) for _, e in sorted((getattr(exc, "worker_failures", None) or {}).items())]
-    raised = [e for e in failures if not isinstance(e, NOT_THE_TRAINING_CODE)]
-    chosen = next((e for e in raised if isinstance(e, DeterministicJobError)), raised[0] if raised else None)
-    if chosen is None:
-        cause = getattr(exc, "controller_failure", None) or (failures[0] if failures else exc)
-        return JobOutcome(  # a controller callback may refuse what a loop reported (`custom_job.ReportRecorder`)
-            ray_job_id=ray_job_id,
-            status="failed",
-            error_type=type(cause).__name__,
-            message=_first_line(cause),
-            deterministic=isinstance(cause, DeterministicJobError),
-        )
+    outcomes = [_failed(ray_job_id, e) for e in failures]
+    if any(o.from_training_code for o in outcomes):
+        return _to_blame(outcomes)
+    # a controller callback may refuse what a loop reported (`custom_job.ReportRecorder`)
+    cause = getattr(exc, "controller_failure", None) or (failures[0] if failures else exc)
+    return _failed(ray_job_id, cause).model_copy(update={"from_training_code": False})
+
+
+def _failed(ray_job_id: str, exc: BaseException) -> JobOutcome:
     return JobOutcome(
         ray_job_id=ray_job_id,
         status="failed",
-        error_type=type(chosen).__name__,
-        message=_first_line(chosen),
-        deterministic=isinstance(chosen, DeterministicJobError),
-        from_training_code=True,
+        error_type=type(exc).__name__,
+        message=_first_line(exc),
+        deterministic=isinstance(exc, DeterministicJobError),
+        from_training_code=not isinstance(exc, NOT_THE_TRAINING_CODE),
     )
+
+
+def _to_blame(outcomes: list[JobOutcome]) -> JobOutcome:
+    """Of the ranks' errors (in rank order), one our code raised on purpose as deterministic (every rank may raise
+    it), else the lowest rank's that the training code raised."""
+    return min(outcomes, key=lambda o: (not o.deterministic, not o.from_training_code))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -317,17 +365,12 @@ def main(
         if check is not None:
             check(spec)
         result = build_trainer(spec, train_loop, callbacks(spec) if callbacks else None).fit()
-    except (ray.train.TrainingFailedError, DeterministicJobError) as exc:
-        if isinstance(exc, DeterministicJobError):
-            outcome = JobOutcome(
-                ray_job_id=spec.ray_job_id,
-                status="failed",
-                error_type=type(exc).__name__,
-                message=_first_line(exc),
-                deterministic=True,
-            )
-        else:
-            outcome = failure_outcome(spec.ray_job_id, exc)
+        outcome = lost_worker_error(spec)
+    except DeterministicJobError as exc:  # refused by `check`
+        outcome = _failed(spec.ray_job_id, exc).model_copy(update={"from_training_code": False})
+    except ray.train.TrainingFailedError as exc:
+        outcome = failure_outcome(spec.ray_job_id, exc)
+    if outcome is not None:
         storage.write_json(outcome_uri, outcome.model_dump(mode="json"))
         print(f"ttrain job {spec.run_id} failed: {outcome.error_type}: {outcome.message}", file=sys.stderr, flush=True)
         return 3 if outcome.deterministic else 1

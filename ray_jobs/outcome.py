@@ -22,6 +22,7 @@ PROGRESS_FILE = "progress.json"
 OUTCOME_FILE = "outcome.json"
 PARKED_FILE = "parked.json"
 PROMOTIONS_DIR = "promotions"
+WORKER_ERRORS_DIR = "worker_errors"  # what each Train worker's loop raised, written before Ray hears of it
 COMMITS_DIR = "commits"  # one record per checkpoint the job committed, written once its upload has finished
 
 

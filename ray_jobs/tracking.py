@@ -53,9 +53,8 @@ def _export_logged(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
 
 def _export(spec: JobSpec, final: CommittedCheckpoint | None) -> None:
     from mlflow.entities import Metric, RunStatus, RunTag
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = opened(os.environ["MLFLOW_TRACKING_URI"])
     experiment = _experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "ttrain"), spec.storage_path)
     parent = _run(client, experiment, SWEEP_TAG, spec.sweep_id, {}, settle_s=SETTLE_S) if spec.sweep_id else None
     incarnation = {INCARNATION_TAG: spec.incarnation or ""}
@@ -83,9 +82,8 @@ def close_sweep(sweep_id: str, env: dict[str, str]) -> bool:
     """The sweep's MLflow run, marked FINISHED when the sweep has ended (its trials' jobs create it, and none can tell
     that it was the last). `env`: what the jobs had, the tracking URI and experiment. False if no trial exported."""
     from mlflow.entities import RunStatus
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client = opened(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name(env.get("MLFLOW_EXPERIMENT_NAME", "ttrain"))
     if experiment is None:
         return False
@@ -93,6 +91,22 @@ def close_sweep(sweep_id: str, env: dict[str, str]) -> bool:
     for found in runs[:1]:
         client.set_terminated(found.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
     return bool(runs)
+
+
+def opened(uri: str):
+    """An MlflowClient whose store is open. MLflow migrates a new SQLite store as its first client opens it, and
+    processes that do so at once break it for good (tried: four at once all failed, and every later open then failed
+    on "table _alembic_tmp_tags already exists"); a sweep's jobs export side by side. So the first use of a SQLite
+    store holds a lock file beside it: SQLite is one machine's file, and a local lock covers whoever can open it."""
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    with FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".lock"):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def _experiment(client, name: str, runs_root: str) -> str:

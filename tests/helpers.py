@@ -65,10 +65,12 @@ def outcome(started: dict[str, Future], name: str) -> Any:
 NOT_YET = (*PASSING, RPCStatusCode.CANCELLED)
 
 
-async def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+async def wait_until(
+    check: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.5
+) -> Any:
     """Poll an async or sync predicate until it returns something truthy. A poll the server fails to answer now
     (`NOT_YET`: a timed-out or busy query, a restarting server) is a "not yet", like a falsy answer: the deadline
-    still bounds the wait."""
+    still bounds the wait. `what` may be a function, to say what was last seen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -82,7 +84,7 @@ async def wait_until(check: Callable[[], Any], timeout: float, what: str, interv
         if value:
             return value
         await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
 
 
 def ttrain(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -412,6 +412,7 @@ def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoi
     expected = {"it-custom-hf", "it-custom-sweep", *(t.run_id for t in state.trials)}
 
     (promoted,) = [t for t in state.trials if len(t.results) == 2]
+    seen: dict[str, str] = {}
 
     def exported() -> dict | None:
         """A job exports as it ends, after its run has its last checkpoint (the sweep may have ended by then), and a
@@ -420,11 +421,15 @@ def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoi
             r.data.tags.get("ttrain.run_id", r.data.tags.get("ttrain.sweep_id")): r
             for r in client.search_runs([experiment])
         }
+        seen.update({name: r.info.status for name, r in found.items()})
         if set(found) != expected or found[promoted.run_id].info.status != "FINISHED":
             return None
-        return found if len(client.get_metric_history(found[promoted.run_id].info.run_id, "loss")) >= 4 else None
+        steps = [m.step for m in client.get_metric_history(found[promoted.run_id].info.run_id, "loss")]
+        seen["promoted trial's loss steps"] = str(steps)
+        return found if len(steps) >= 4 else None
 
-    runs = run(wait_until(exported, 120, "every run in MLflow, the promoted trial's whole history"))
+    what = f"every run of {sorted(expected)} in MLflow, the promoted trial's whole history"
+    runs = run(wait_until(exported, 120, lambda: f"{what}; last seen {seen}"))
     sweep = runs["it-custom-sweep"].info.run_id
     assert runs["it-custom-sweep"].info.status == "FINISHED"  # closed by the sweep as it ended (its trials cannot)
     for trial in state.trials:

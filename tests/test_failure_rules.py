@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from ray.exceptions import ActorDiedError
+from ray.job_submission import JobStatus
 from ray.train import WorkerGroupError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from transformers import BertConfig
@@ -150,6 +151,44 @@ def test_storage_network_and_backend_errors_are_not_the_training_codes(error):
 
 def test_invalid_job_input_is_deterministic():
     assert failure_outcome("j", WorkerGroupError("x", {0: InvalidJobInput("bad")})).deterministic
+
+
+def test_an_error_ray_loses_between_two_reads_of_a_workers_status_still_fails_the_job(tmp_path, monkeypatch):
+    """Ray 2.60's worker poll reads the loop's error, then whether its thread is alive: a loop that raises in between
+    reads as one that returned and `fit()` succeeds. Seen in CI, a loop that could not be imported ended SUCCEEDED with
+    no checkpoint, and every retry reattached to that job until the run gave up with the wrong reason."""
+    from types import SimpleNamespace
+
+    import ray.train.torch
+
+    from ray_jobs import job_runner
+    from ray_jobs.outcome import read_outcome
+    from ray_jobs.specs import JobSpec
+
+    class LosesTheError:  # what `fit()` does when the poll missed it: the workers raised, the run "finished"
+        def __init__(self, loop, train_loop_config: dict, **kwargs) -> None:
+            self.loop, self.config = loop, train_loop_config
+
+        def fit(self) -> SimpleNamespace:
+            for rank in (0, 1):
+                monkeypatch.setattr(ray.train, "get_context", lambda r=rank: SimpleNamespace(get_world_rank=lambda: r))
+                with pytest.raises((KeyError, InvalidJobInput)):
+                    self.loop(self.config)
+            return SimpleNamespace(metrics={})
+
+    def loop(config: dict) -> None:
+        if ray.train.get_context().get_world_rank() == 0:
+            raise KeyError("not the one to blame")
+        raise InvalidJobInput("entrypoint 'bad_loops:no_such_function' cannot be imported")
+
+    spec = JobSpec(run_id="r", ray_job_id="r-j1", config=FineTuneConfig(), snapshot_uri="x", storage_path=str(tmp_path))
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", LosesTheError)
+    assert job_runner.main(loop, "a job", ["--spec", str(tmp_path / "spec.json")]) == 3
+    outcome = read_outcome(str(tmp_path / "r"), "r-j1")
+    assert outcome is not None and outcome.status == "failed" and outcome.deterministic
+    assert outcome.message == "entrypoint 'bad_loops:no_such_function' cannot be imported"
 
 
 # --- NaN on the wire ------------------------------------------------------------------------------------------------
@@ -402,6 +441,45 @@ def test_an_attempt_retires_what_the_ledger_it_is_handed_holds_beyond_keep_last(
         asyncio.run(ActivityEnvironment(client=client).run(_Attempt(Ray(), Settings.from_env(), inp).run))
     assert client.signals == [("checkpoints_deleted", [15, 18])]
     assert sorted(int(p.name[5:]) for p in tmp_path.glob("step_*")) == [3, 21, 24, 27, 30]
+
+
+def test_an_attempt_does_not_follow_again_a_job_that_ended_well_short_of_its_end(tmp_path):
+    """Seen in CI: a job ended SUCCEEDED without its final checkpoint (Ray lost its worker's error), and each retry
+    reattached to it, failed with "its final checkpoint is not committed", and the next did the same, eight times."""
+    from temporalio.testing import ActivityEnvironment
+
+    from orchestration.activities.training import _Attempt
+    from orchestration.settings import Settings
+    from orchestration.types import DatasetSnapshot, RunOptions, TrainAttemptInput
+    from tests.test_warm_promotion import Client
+
+    class Ray:
+        submitted: list[str] = []
+
+        def status(self, job_id: str) -> JobStatus:
+            return JobStatus.SUCCEEDED
+
+        def find_live(self, run_id: str, hint: str | None, *args) -> str | None:
+            return hint  # as `RaySubmission.find_live`: the last attempt's job, which succeeded
+
+        def strangers(self, *args) -> list[str]:
+            return []
+
+        def submit(self, job_id: str, *args) -> None:
+            self.submitted.append(job_id)
+            raise PermissionError("the test ends the attempt here")
+
+    inp = TrainAttemptInput(
+        run_id="r",
+        config=FineTuneConfig(),
+        snapshot=DatasetSnapshot(snapshot_id="ds-1", uri="/snap", manifest=manifest(), reused=False),
+        options=RunOptions(storage_uri=str(tmp_path)),
+        reattach_job_id="r--00000000-2-1",
+        attempt=2,
+    )
+    with pytest.raises(PermissionError):
+        asyncio.run(ActivityEnvironment(client=Client()).run(_Attempt(Ray(), Settings.from_env(), inp).run))
+    assert len(Ray.submitted) == 1 and Ray.submitted[0] != inp.reattach_job_id
 
 
 @pytest.mark.parametrize("committed", [[10, 20], []])

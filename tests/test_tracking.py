@@ -3,7 +3,10 @@ store. The real store is exercised by the custom-loop integration tests."""
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
 from types import SimpleNamespace
 
 from ray_jobs import tracking
@@ -57,3 +60,20 @@ def test_a_run_already_there_is_found_without_waiting(monkeypatch):
     existing = client.create_run("exp", {"ttrain.sweep_id": "s"}).info.run_id
     monkeypatch.setattr(tracking.time, "sleep", lambda s: (_ for _ in ()).throw(AssertionError("waited")))
     assert tracking._run(client, "exp", tracking.SWEEP_TAG, "s", {}, settle_s=tracking.SETTLE_S) == existing
+
+
+def first_look(uri: str) -> str:
+    try:
+        tracking.opened(uri).get_experiment_by_name("it")
+        return "ok"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+def test_jobs_opening_a_new_sqlite_store_at_once_all_get_it_and_it_stays_usable(tmp_path: Path):
+    """A sweep's trials and a run beside them export at once into a new SQLite store: unguarded, MLflow's schema
+    migrations collide and the store is broken for every later open (a suite run's MLflow check timed out on it)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
+        assert list(pool.map(first_look, [uri] * 3)) == ["ok"] * 3
+    assert first_look(uri) == "ok"

@@ -233,6 +233,8 @@ class _Attempt:
         if job_id is None:
             hint = None if cold else self.inp.reattach_job_id
             job_id = await self._patiently(self.ray.find_live, self.inp.run_id, hint, self.inp.incarnation)
+            if job_id is not None and job_id == hint and await self._ended_short(job_id):
+                job_id = None
         reattached = job_id is not None
         if job_id is None and self.inp.reattach_job_id is not None:
             # the last job ended while nobody watched (a worker gap): what it committed meanwhile is the run's newest
@@ -350,6 +352,19 @@ class _Attempt:
         stop = self.inp.stop_at_step
         return min(stop, total) if stop and total else total
 
+    def _done(self) -> bool:
+        final = self.progress.latest_checkpoint
+        return final is not None and final.step == self._target()
+
+    async def _ended_short(self, job_id: str) -> bool:
+        """The last attempt's job ended well but short of this segment's end (it left its rung unpromoted, or Ray lost
+        a worker's error: `job_runner.recording_errors`). Following it again would only fail the same way, attempt
+        after attempt: a fresh job resumes from what it committed."""
+        if await self._patiently(self.ray.status, job_id) != JobStatus.SUCCEEDED:
+            return False
+        await self._mirror_checkpoints(job_id)
+        return not self._done()
+
     def _result(self, job_id: str) -> TrainAttemptResult:
         final = self.progress.latest_checkpoint
         assert final is not None
@@ -365,9 +380,9 @@ class _Attempt:
 
     async def _finish(self, job_id: str, status: JobStatus) -> TrainAttemptResult:
         if status == JobStatus.SUCCEEDED:
-            final = self.progress.latest_checkpoint
-            if final is not None and final.step == self._target():
+            if self._done():
                 return self._result(job_id)
+            final = self.progress.latest_checkpoint
             parked = await asyncio.to_thread(read_parked, self.run_uri, job_id)
             if final is not None and parked is not None and (parked.state, parked.step) == ("left", final.step):
                 raise _LeftBeforePromotion(job_id)  # this attempt's, or an earlier one's that was lost since
