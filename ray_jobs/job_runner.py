@@ -256,33 +256,31 @@ def build_trainer(
             name=spec.ray_job_id,
             storage_path=run_dir(spec),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-            failure_config=ray.train.FailureConfig(max_failures=ray_max_failures()),
+            failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))),
             callbacks=callbacks,
         ),
     )
-
-
-def ray_max_failures() -> int:
-    return int(os.environ.get("TTRAIN_RAY_MAX_FAILURES", "0"))
 
 
 def recording_errors(train_loop: Callable[[dict], None]) -> Callable[[dict], None]:
     """Ray 2.60 can lose a worker's error: its status poll reads the error before it checks whether the training
     thread is alive, so a loop that raises between the two reads as one that returned, and `fit()` succeeds (seen in
     CI: a loop that could not be imported ended SUCCEEDED with no checkpoint). Each worker writes what its loop
-    raised to the job's folder first, and `main` reads it back."""
+    raised to the job's folder first, and `main` reads it back. A worker group that Ray Train restarts in the job
+    (a preemption, `TTRAIN_RAY_MAX_FAILURES`) first clears what its rank's predecessor wrote."""
 
     @functools.wraps(train_loop)
     def run(config: dict) -> None:
+        spec = JobSpec.model_validate(config)
+        rank = ray.train.get_context().get_world_rank()
+        uri = storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR, f"rank_{rank:05d}.json")
+        storage.delete_file(uri)
         try:
             train_loop(config)
         except BaseException as exc:
-            spec = JobSpec.model_validate(config)
-            rank = ray.train.get_context().get_world_rank()
-            uri = storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR, f"rank_{rank:05d}.json")
             try:
                 storage.write_json(uri, _failed(spec.ray_job_id, exc).model_dump(mode="json"))
-            except OSError as write_error:
+            except Exception as write_error:  # never in place of the loop's own error
                 log.warning("rank %d's error not recorded (%s): %s", rank, write_error, exc)
             raise
 
@@ -290,17 +288,13 @@ def recording_errors(train_loop: Callable[[dict], None]) -> Callable[[dict], Non
 
 
 def lost_worker_error(spec: JobSpec) -> JobOutcome | None:
-    """What a worker raised though `fit()` succeeded. Only when Ray Train restarts nothing: after a restart the
-    recorded error may be one the run came back from."""
-    if ray_max_failures() > 0:
-        return None
+    """What a worker of the job's last worker group raised though `fit()` succeeded."""
     directory = storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR)
     try:
-        recorded = [
-            JobOutcome.model_validate(storage.read_json(storage.join(directory, n)))
-            for n in sorted(storage.list_names(directory))
-        ]
-    except OSError:
+        names = sorted(n for n in storage.list_names(directory) if n.startswith("rank_") and n.endswith(".json"))
+        recorded = [JobOutcome.model_validate(storage.read_json(storage.join(directory, n))) for n in names]
+    except (OSError, ValueError) as exc:
+        log.warning("the workers' error records are not readable (%s)", exc)
         return None
     return _to_blame(recorded) if recorded else None
 
@@ -320,17 +314,17 @@ def failure_outcome(ray_job_id: str, exc: ray.train.TrainingFailedError) -> JobO
         return _to_blame(outcomes)
     # a controller callback may refuse what a loop reported (`custom_job.ReportRecorder`)
     cause = getattr(exc, "controller_failure", None) or (failures[0] if failures else exc)
-    return _failed(ray_job_id, cause).model_copy(update={"from_training_code": False})
+    return _failed(ray_job_id, cause, in_the_loop=False)
 
 
-def _failed(ray_job_id: str, exc: BaseException) -> JobOutcome:
+def _failed(ray_job_id: str, exc: BaseException, in_the_loop: bool = True) -> JobOutcome:
     return JobOutcome(
         ray_job_id=ray_job_id,
         status="failed",
         error_type=type(exc).__name__,
         message=_first_line(exc),
         deterministic=isinstance(exc, DeterministicJobError),
-        from_training_code=not isinstance(exc, NOT_THE_TRAINING_CODE),
+        from_training_code=in_the_loop and not isinstance(exc, NOT_THE_TRAINING_CODE),
     )
 
 
@@ -367,7 +361,7 @@ def main(
         result = build_trainer(spec, train_loop, callbacks(spec) if callbacks else None).fit()
         outcome = lost_worker_error(spec)
     except DeterministicJobError as exc:  # refused by `check`
-        outcome = _failed(spec.ray_job_id, exc).model_copy(update={"from_training_code": False})
+        outcome = _failed(spec.ray_job_id, exc, in_the_loop=False)
     except ray.train.TrainingFailedError as exc:
         outcome = failure_outcome(spec.ray_job_id, exc)
     if outcome is not None:

@@ -27,6 +27,7 @@ INCARNATION_TAG = "ttrain.incarnation"  # a run id started over (`--replace`) is
 BATCH = 1_000  # MLflow takes at most 1,000 metrics per log_batch
 SETTLE_S = 2.0  # a sweep's trials create its run at once: another's create still in flight has landed by then
 EXPORT_WAIT_S = 120.0
+LOCK_WAIT_S = 60.0  # for the jobs ahead to open a new SQLite store
 
 
 def export(spec: JobSpec) -> None:
@@ -101,12 +102,11 @@ def opened(uri: str):
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    if not uri.startswith("sqlite:///"):
+    path = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else ":memory:"
+    if path == ":memory:":
         return MlflowClient(uri)
-    with FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".lock"):
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)
-    return client
+    with FileLock(f"{path}.lock", timeout=LOCK_WAIT_S):
+        return MlflowClient(uri)  # it opens the store, creating or migrating its schema
 
 
 def _experiment(client, name: str, runs_root: str) -> str:

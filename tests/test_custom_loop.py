@@ -27,6 +27,7 @@ from orchestration.sweeps.models import SweepSpec, SweepState
 from orchestration.types import RunOptions, RunStatus, TrainingResult
 from orchestration.workflows.sweep import SweepWorkflow
 from orchestration.workflows.training import CheckpointedTrainingWorkflow
+from ray_jobs import tracking
 from ray_jobs.history import read_history
 from ray_jobs.outcome import read_commits
 from ray_jobs.specs import CustomTrainConfig
@@ -404,9 +405,7 @@ def test_a_custom_loop_scales_up_across_worker_counts_with_the_throughput_it_rep
 def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoint(custom_runs):
     """One MLflow run per ttrain run; a sweep's trials nested under one run of the sweep, finished when the sweep is;
     a trial trained rung by rung (two jobs) has each step of its history once."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(custom_runs["mlflow"])
+    client = tracking.opened(custom_runs["mlflow"])  # a job may still be opening it
     experiment = client.get_experiment_by_name("it-custom").experiment_id
     state, _, _ = custom_runs["sweep"]
     expected = {"it-custom-hf", "it-custom-sweep", *(t.run_id for t in state.trials)}

@@ -191,6 +191,32 @@ def test_an_error_ray_loses_between_two_reads_of_a_workers_status_still_fails_th
     assert outcome.message == "entrypoint 'bad_loops:no_such_function' cannot be imported"
 
 
+def test_a_worker_group_ray_restarts_in_the_job_clears_what_its_predecessor_recorded(tmp_path, monkeypatch):
+    """Ray Train restarts a preempted job's workers in place (Ray 2.60's default): an error the first group recorded
+    must not fail the job that the second group then finished."""
+    from types import SimpleNamespace
+
+    import ray.train
+
+    from ray_jobs import job_runner
+    from ray_jobs.specs import JobSpec
+
+    spec = JobSpec(run_id="r", ray_job_id="r-j1", config=FineTuneConfig(), snapshot_uri="x", storage_path=str(tmp_path))
+    monkeypatch.setattr(ray.train, "get_context", lambda: SimpleNamespace(get_world_rank=lambda: 1))
+    attempts = iter([torch.distributed.DistNetworkError("peer rank 0 lost"), None])
+
+    def loop(config: dict) -> None:
+        if error := next(attempts):
+            raise error
+
+    wrapped = job_runner.recording_errors(loop)
+    with pytest.raises(torch.distributed.DistNetworkError):
+        wrapped(spec.model_dump(mode="json"))
+    assert job_runner.lost_worker_error(spec).error_type == "DistNetworkError"
+    wrapped(spec.model_dump(mode="json"))  # the restarted group
+    assert job_runner.lost_worker_error(spec) is None
+
+
 # --- NaN on the wire ------------------------------------------------------------------------------------------------
 
 

@@ -362,8 +362,7 @@ class _Attempt:
         after attempt: a fresh job resumes from what it committed."""
         if await self._patiently(self.ray.status, job_id) != JobStatus.SUCCEEDED:
             return False
-        await self._mirror_checkpoints(job_id)
-        return not self._done()
+        return await self._mirror_checkpoints(job_id) and not self._done()  # unreadable now: follow it, as before
 
     def _result(self, job_id: str) -> TrainAttemptResult:
         final = self.progress.latest_checkpoint
@@ -399,15 +398,15 @@ class _Attempt:
         last_line = logs.splitlines()[-1][:LAST_LINE_CHARS] if logs else "no logs"
         raise self._failure(f"Ray job {job_id} ended {status.value}: {last_line}")
 
-    async def _mirror_checkpoints(self, job_id: str) -> None:
+    async def _mirror_checkpoints(self, job_id: str) -> bool:
         """Signal each checkpoint the job committed since the last poll (from its commit records: none is missed,
-        however soon Ray prunes it), then keep the ledger true to storage."""
+        however soon Ray prunes it), then keep the ledger true to storage. False if the records were not readable."""
         after = self.progress.latest_checkpoint.step if self.progress.latest_checkpoint else -1
         try:
             records = await asyncio.to_thread(read_commits, self.run_uri, job_id, after)
         except OSError as exc:  # a storage hiccup: read them next poll
             activity.logger.warning("commit records of %s not readable now: %s", job_id, exc)
-            return
+            return False
         for record in records:
             info = ledger_entry(self.inp.run_id, record)
             await self._signal("checkpoint_committed", info)
@@ -416,6 +415,7 @@ class _Attempt:
             self.progress.step = max(self.progress.step, info.step)
         if records:
             await self._apply_keep_last()
+        return True
 
     async def _apply_keep_last(self) -> None:
         """Keep the run's newest `keep_last` checkpoints and its best, across its jobs (`ray_jobs.retention`). The
