@@ -22,6 +22,11 @@ TEST_ENV = {
     "RAY_AUTH_MODE": "token",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TTRAIN_RAY_MAX_FAILURES": "0",  # crash tests must see the activity recover, not Ray Train retry silently
+    # What no test reads and every Ray job pays for (CPU the 2-core CI machine does not have): Ray's metrics (for
+    # a Prometheus that no test runs) and Ray Train's watcher of node drains (no test drains a node).
+    "RAY_enable_metrics_collection": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 
