@@ -428,7 +428,8 @@ def test_mlflow_holds_each_run_with_its_params_metric_history_and_final_checkpoi
         return found if len(steps) >= 4 else None
 
     what = f"every run of {sorted(expected)} in MLflow, the promoted trial's whole history"
-    runs = run(wait_until(exported, 120, lambda: f"{what}; last seen {seen}"))
+    # a job's export may take its lock wait and its own bound (`tracking.LOCK_WAIT_S` + `EXPORT_WAIT_S`) after the run
+    runs = run(wait_until(exported, tracking.LOCK_WAIT_S + tracking.EXPORT_WAIT_S, lambda: f"{what}; last seen {seen}"))
     sweep = runs["it-custom-sweep"].info.run_id
     assert runs["it-custom-sweep"].info.status == "FINISHED"  # closed by the sweep as it ended (its trials cannot)
     for trial in state.trials:
