@@ -273,7 +273,7 @@ def recording_errors(train_loop: Callable[[dict], None]) -> Callable[[dict], Non
     def run(config: dict) -> None:
         spec = JobSpec.model_validate(config)
         rank = ray.train.get_context().get_world_rank()
-        uri = storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR, f"rank_{rank:05d}.json")
+        uri = storage.join(_worker_errors(spec), f"rank_{rank:05d}.json")
         storage.delete_file(uri)
         try:
             train_loop(config)
@@ -289,14 +289,18 @@ def recording_errors(train_loop: Callable[[dict], None]) -> Callable[[dict], Non
 
 def lost_worker_error(spec: JobSpec) -> JobOutcome | None:
     """What a worker of the job's last worker group raised though `fit()` succeeded."""
-    directory = storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR)
+    directory = _worker_errors(spec)
     try:
-        names = sorted(n for n in storage.list_names(directory) if n.startswith("rank_") and n.endswith(".json"))
+        names = [n for n in storage.list_names(directory) if n.startswith("rank_") and n.endswith(".json")]
         recorded = [JobOutcome.model_validate(storage.read_json(storage.join(directory, n))) for n in names]
     except (OSError, ValueError) as exc:
         log.warning("the workers' error records are not readable (%s)", exc)
         return None
     return _to_blame(recorded) if recorded else None
+
+
+def _worker_errors(spec: JobSpec) -> str:
+    return storage.join(job_dir(run_dir(spec), spec.ray_job_id), WORKER_ERRORS_DIR)
 
 
 # What fails around the loop rather than in it, and may pass: a lost worker or node (Ray's errors), storage or the

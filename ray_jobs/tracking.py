@@ -102,8 +102,8 @@ def opened(uri: str):
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    path = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else ":memory:"
-    if path == ":memory:":
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    if not uri.startswith("sqlite:///") or path == ":memory:":
         return MlflowClient(uri)
     with FileLock(f"{path}.lock", timeout=LOCK_WAIT_S):
         return MlflowClient(uri)  # it opens the store, creating or migrating its schema
